@@ -1,0 +1,33 @@
+"""The CheXficient curation engine: pure, vectorised functions over numpy arrays (no I/O, no globals).
+
+Notation follows the paper and SPEC §2: features f_i, prototypes p_k, assignment c_i, distance d_i.
+"""
+
+from .backend import Backend, NumpyBackend, TorchBackend, default_backend
+from .budget import compute_fraction
+from .config import CentralSampler, CurationConfig
+from .features import curation_features
+from .kmeans import init_prototypes
+from .offline import OfflineCuration, curate_offline
+from .selection import BAND_LABELS, Band, Selection, select_batch
+from .update import sinkhorn, update_prototypes
+
+__all__ = [
+    "BAND_LABELS",
+    "Backend",
+    "Band",
+    "CentralSampler",
+    "CurationConfig",
+    "NumpyBackend",
+    "OfflineCuration",
+    "Selection",
+    "TorchBackend",
+    "compute_fraction",
+    "curate_offline",
+    "curation_features",
+    "default_backend",
+    "init_prototypes",
+    "select_batch",
+    "sinkhorn",
+    "update_prototypes",
+]

@@ -1,0 +1,26 @@
+"""Curation features f = normalize(concat(u, v)) from image and text embeddings (SPEC §2)."""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from .validate import as_matrix
+
+
+def l2_normalize(name: str, x: NDArray) -> NDArray[np.float32]:
+    norms = np.linalg.norm(x.astype(np.float64), axis=1, keepdims=True)
+    zero = np.flatnonzero(norms[:, 0] == 0)
+    if len(zero):
+        raise ValueError(f"{name} rows {zero[:10].tolist()} have zero norm and cannot be normalised")
+    return (x / norms).astype(np.float32)
+
+
+def curation_features(image_emb: ArrayLike, text_emb: ArrayLike) -> NDArray[np.float32]:
+    """f_i = normalize(concat(u_i / ||u_i||, v_i / ||v_i||)), shape ``[B, D_u + D_v]``."""
+    u = as_matrix("image_emb", image_emb)
+    v = as_matrix("text_emb", text_emb)
+    if len(u) != len(v):
+        raise ValueError(f"image_emb has {len(u)} rows but text_emb has {len(v)}")
+    joint = np.concatenate([l2_normalize("image_emb", u), l2_normalize("text_emb", v)], axis=1)
+    return l2_normalize("joint features", joint)

@@ -1,0 +1,68 @@
+"""Vectorised per-prototype (grouped) primitives: layouts and quantiles without a Python loop over K."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+
+@dataclass(frozen=True)
+class GroupLayout:
+    """Rows of some groups packed into a padded ``[G, n_max]`` table, in ascending row order."""
+
+    groups: NDArray[np.intp]  # group id of each table row
+    rows: NDArray[np.intp]  # [G, n_max] row index; padding repeats a valid row and is masked by ``valid``
+    valid: NDArray[np.bool_]  # [G, n_max]
+    counts: NDArray[np.intp]  # [G]
+
+
+@dataclass(frozen=True)
+class GroupIndex:
+    """Rows sorted by group once, so any set of groups can be laid out with a few gathers."""
+
+    rows: NDArray[np.intp]  # ascending within each group
+    counts: NDArray[np.intp]  # members per group id
+    starts: NDArray[np.intp]
+
+    @classmethod
+    def build(cls, rows: NDArray[np.intp], labels: NDArray[np.intp], n_groups: int) -> GroupIndex:
+        order = np.argsort(labels, kind="stable")  # stable: rows stay ascending inside a group
+        counts = np.bincount(labels, minlength=n_groups)
+        return cls(rows=rows[order], counts=counts, starts=np.cumsum(counts) - counts)
+
+    def layout(self, groups: NDArray[np.intp]) -> GroupLayout:
+        counts = self.counts[groups]
+        offsets = np.arange(int(counts.max()))
+        valid = offsets[None, :] < counts[:, None]
+        slots = self.starts[groups][:, None] + np.where(valid, offsets[None, :], 0)
+        return GroupLayout(groups=groups, rows=self.rows[slots], valid=valid, counts=counts)
+
+
+def grouped_quantiles(
+    values: NDArray[np.float64], labels: NDArray[np.intp], n_groups: int, quantiles: tuple[float, ...]
+) -> NDArray[np.float64]:
+    """``quantile(values[labels == k], q)`` for every k and q, bit-identical to ``np.quantile`` (linear).
+
+    Returns ``[len(quantiles), n_groups]``; groups without members get NaN.
+    """
+    order = np.lexsort((values, labels))
+    ordered = values[order]
+    counts = np.bincount(labels, minlength=n_groups)
+    starts = np.cumsum(counts) - counts
+    present = counts > 0
+    n = counts[present].astype(np.float64)
+    q = np.asarray(quantiles, dtype=np.float64)[:, None]
+    virtual = (n - 1) * q  # numpy's 'linear' virtual index, same operation order
+    previous = np.floor(virtual)
+    gamma = virtual - previous
+    lo = starts[present] + previous.astype(np.intp)
+    hi = starts[present] + np.minimum(previous + 1, n - 1).astype(np.intp)
+    a, b = ordered[lo], ordered[hi]
+    diff = b - a
+    # numpy's _lerp: a + diff*g, but b - diff*(1-g) from g >= 0.5 on, so results match bit for bit
+    interpolated = np.where(gamma >= 0.5, b - diff * (1 - gamma), a + diff * gamma)
+    out = np.full((len(quantiles), n_groups), np.nan)
+    out[:, present] = interpolated
+    return out

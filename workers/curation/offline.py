@@ -1,0 +1,72 @@
+"""Offline curation (SPEC §2.5): k-means on a warm-up sample, then band selection over random super-batches."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from .backend import Backend, NumpyBackend
+from .config import CurationConfig
+from .kmeans import init_prototypes
+from .selection import Band, select_batch
+from .validate import as_matrix
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class OfflineCuration:
+    """Per-row outcome over the whole set, in input row order."""
+
+    prototypes: NDArray[np.float32]
+    prototype: NDArray[np.int64]
+    distance: NDArray[np.float32]
+    band: NDArray[np.int8]
+    keep: NDArray[np.bool_]
+    batch: NDArray[np.int64]  # super-batch (step) each row was selected in
+
+    @property
+    def subset_ratio(self) -> float:
+        return float(self.keep.mean())
+
+    def band_counts(self) -> dict[str, int]:
+        counts = np.bincount(self.band, minlength=len(Band))
+        return {b.label: int(counts[b]) for b in Band}
+
+
+def curate_offline(
+    features: ArrayLike,
+    config: CurationConfig,
+    backend: Backend | None = None,
+    progress: Progress | None = None,
+) -> OfflineCuration:
+    """Curate fixed embeddings: prototypes from ``warmup_samples`` random rows, one pass of super-batches.
+
+    Prototypes stay fixed: with no model in the loop the embeddings do not drift, so there is nothing to
+    follow. Super-batch ``s`` uses sampler seed ``(config.seed, s)``; the last batch may be short.
+    """
+    backend = backend or NumpyBackend()
+    f = as_matrix("features", features)
+    n = len(f)
+    rng = np.random.default_rng(config.seed)
+    warmup = np.sort(rng.choice(n, size=min(n, config.warmup_samples), replace=False))
+    prototypes = init_prototypes(f[warmup], config.k, config.seed, config.kmeans_iterations)
+    order = rng.permutation(n)
+
+    prototype = np.empty(n, dtype=np.int64)
+    distance = np.empty(n, dtype=np.float32)
+    band = np.empty(n, dtype=np.int8)
+    keep = np.empty(n, dtype=bool)
+    batch = np.empty(n, dtype=np.int64)
+    n_batches = -(-n // config.batch_size)
+    for step in range(n_batches):
+        rows = order[step * config.batch_size : (step + 1) * config.batch_size]
+        sel = select_batch(f[rows], prototypes, config, seed=(config.seed, step), backend=backend)
+        prototype[rows], distance[rows], band[rows], keep[rows] = sel.prototype, sel.distance, sel.band, sel.keep
+        batch[rows] = step
+        if progress is not None:
+            progress(step + 1, n_batches)
+    return OfflineCuration(prototypes, prototype, distance, band, keep, batch)

@@ -1,0 +1,116 @@
+"""CheXficient selection on one super-batch (SPEC §2.2), vectorised over rows and prototypes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from .backend import Backend, NumpyBackend
+from .config import CurationConfig
+from .groups import GroupIndex, GroupLayout, grouped_quantiles
+from .samplers import density_rows, farthest_point_rows, random_rows
+from .validate import check_prototypes, float32_rows
+
+
+class Band(IntEnum):
+    OUTLIER = 0  # d > t_out: dropped
+    SUPPORT = 1  # t_sup < d <= t_out: kept
+    CENTRAL_KEPT = 2  # d <= t_sup and chosen by the central sampler
+    CENTRAL_DROPPED = 3  # d <= t_sup and not chosen
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+BAND_LABELS: tuple[str, ...] = tuple(b.label for b in Band)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Per-row outcome of ``select_batch``."""
+
+    prototype: NDArray[np.int64]  # c_i
+    distance: NDArray[np.float64]  # d_i = ||f_i - p_{c_i}||
+    band: NDArray[np.int8]  # Band codes
+    keep: NDArray[np.bool_]
+    fallback: bool  # True when nothing was selected and the whole batch was kept
+
+    @property
+    def band_labels(self) -> NDArray[np.str_]:
+        return np.asarray(BAND_LABELS)[self.band]
+
+    def band_counts(self) -> dict[str, int]:
+        counts = np.bincount(self.band, minlength=len(Band))
+        return {label: int(c) for label, c in zip(BAND_LABELS, counts, strict=True)}
+
+
+def nearest_prototypes(
+    features: NDArray[np.float32], sq_norms: NDArray[np.float32], prototypes: NDArray[np.float32], backend: Backend
+) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+    """c_i = argmin_k ||f_i - p_k|| = argmax_k (f_i.p_k - ||p_k||^2 / 2) (ties: lowest k), and d_i."""
+    proto_half_sq = np.vecdot(prototypes, prototypes) / 2
+    score = backend.matmul(features, prototypes.T)
+    score -= proto_half_sq
+    assigned = np.argmax(score, axis=1)
+    sq = sq_norms - 2 * score[np.arange(len(score)), assigned]
+    return assigned.astype(np.int64), np.sqrt(np.maximum(sq, 0).astype(np.float64))
+
+
+def select_batch(
+    features: ArrayLike,
+    prototypes: ArrayLike,
+    config: CurationConfig,
+    seed: int | Sequence[int],
+    backend: Backend | None = None,
+) -> Selection:
+    """Assign each f_i to its nearest p_k, band it by per-prototype quantiles of d, cap central rows.
+
+    ``seed`` (an int or a sequence such as ``(run_seed, epoch, step)``) drives the sampler's randomness.
+    """
+    backend = backend or NumpyBackend()
+    f32, sq_norms = float32_rows("features", features)
+    p32 = check_prototypes(prototypes, width=f32.shape[1])
+    if p32.shape[0] != config.k:
+        raise ValueError(f"config.k is {config.k} but {p32.shape[0]} prototypes were given")
+    k, m = config.k, config.max_central
+
+    assigned, dist = nearest_prototypes(f32, sq_norms, p32, backend)
+    t_sup, t_out = grouped_quantiles(dist, assigned, k, (config.support_quantile, config.outlier_quantile))
+    central = dist <= t_sup[assigned]
+    band = np.full(len(f32), Band.SUPPORT, dtype=np.int8)
+    band[dist > t_out[assigned]] = Band.OUTLIER
+    band[central] = Band.CENTRAL_DROPPED
+
+    central_rows = np.flatnonzero(central)
+    central_counts = np.bincount(assigned[central_rows], minlength=k)
+    band[central & (central_counts[assigned] <= m)] = Band.CENTRAL_KEPT
+    crowded = np.flatnonzero(central_counts > m)
+    if len(crowded):
+        draws = np.random.default_rng(seed).random(k if config.central_sampler == "fps" else len(f32))
+        index = GroupIndex.build(central_rows, assigned[central_rows], k)
+        # Groups of similar size are padded together, so one huge prototype does not pad all the others.
+        size_class = np.ceil(np.log2(central_counts[crowded])).astype(np.intp)
+        layouts = [index.layout(crowded[size_class == c]) for c in np.unique(size_class)]
+
+        def sample(layout: GroupLayout) -> NDArray[np.intp]:
+            if config.central_sampler == "fps":
+                return farthest_point_rows(f32, sq_norms, layout, m, draws[layout.groups], backend)
+            if config.central_sampler == "density":
+                return density_rows(f32, sq_norms, layout, m, config.density_neighbors, backend)
+            return random_rows(layout, m, draws)
+
+        chosen_sets = [sample(layout) for layout in layouts]
+        for chosen in chosen_sets:
+            band[chosen] = Band.CENTRAL_KEPT
+
+    keep = (band == Band.SUPPORT) | (band == Band.CENTRAL_KEPT)
+    # Unreachable with a valid config (each prototype's nearest member is central and m >= 1); SPEC §2.2 guard.
+    fallback = not keep.any()
+    if fallback:
+        keep[:] = True
+    return Selection(prototype=assigned, distance=dist, band=band, keep=keep, fallback=fallback)

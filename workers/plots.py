@@ -1,0 +1,51 @@
+"""Curation statistics as a PNG (matplotlib, Agg): bands, distances by band, label enrichment."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping
+
+import numpy as np
+from numpy.typing import NDArray
+
+from workers.curation import BAND_LABELS
+
+BAND_COLOURS = ("#c0392b", "#27ae60", "#2980b9", "#95a5a6")  # outlier, support, central kept, central dropped
+
+
+def curation_figure_png(
+    band: NDArray[np.int8],
+    distance: NDArray[np.floating],
+    enrichment: Mapping[str, Mapping[str, float]] | None = None,
+    title: str = "curation",
+) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = 3 if enrichment else 2
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4), constrained_layout=True)
+    counts = np.bincount(band, minlength=len(BAND_LABELS))
+    axes[0].bar(BAND_LABELS, counts, color=BAND_COLOURS)
+    axes[0].set_title("rows per band")
+    axes[0].tick_params(axis="x", rotation=20)
+    bins = np.linspace(float(distance.min()), float(distance.max()) + 1e-9, 50)
+    for code, label in enumerate(BAND_LABELS):
+        if counts[code]:
+            axes[1].hist(distance[band == code], bins=bins, alpha=0.6, label=label, color=BAND_COLOURS[code])
+    axes[1].set_title("distance to prototype by band")
+    axes[1].set_xlabel("d")
+    axes[1].legend()
+    if enrichment:
+        names = list(enrichment)
+        ratios = [enrichment[n]["ratio"] for n in names]
+        axes[2].barh(names, ratios, color="#8e44ad")
+        axes[2].axvline(1.0, color="black", lw=0.8)
+        axes[2].set_title("subset share / dataset share")
+        axes[2].invert_yaxis()
+    fig.suptitle(title)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return buf.getvalue()
