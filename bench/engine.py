@@ -70,7 +70,8 @@ def main() -> None:
         rows.append(
             f"| B={batch}, D={dim}, K={k} | {r['engine_ms']:.2f} | {r['loop_ms']:.2f} | **{ratio:.3f}** "
             f"| {'met' if ratio <= BUDGET else 'MISSED'} | {r['agreement']:.4%} "
-            f"| {r['engine_update_ms']:.3f} | {r['loop_update_ms']:.3f} | {r['engine_update_ms'] / r['loop_update_ms']:.2f} |"
+            f"| {r['engine_update_ms']:.3f} | {r['loop_update_ms']:.3f} "
+            f"| {r['engine_update_ms'] / r['loop_update_ms']:.2f} |"
         )
         print(rows[-1], flush=True)
     body = "\n".join(
@@ -78,7 +79,8 @@ def main() -> None:
             "## P1: curation engine vs the per-prototype loop",
             "",
             f"Budget: engine selection <= {BUDGET}x the straightforward loop (torch.cdist + torch.quantile + Python "
-            "FPS loop per prototype, `bench/baseline.py`) on identical arrays: long-tailed synthetic curation features "
+            "FPS loop per prototype, structured like the authors' `_select_samples`; `bench/baseline.py`) on "
+            "identical arrays: long-tailed synthetic curation features "
             "(`workers/synthetic.py`), k-means prototypes from 4,096 warm-up rows; median over "
             f"{args.batches} super-batches x {args.repeats} interleaved calls; both on 2 threads.",
             "",

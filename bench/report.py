@@ -13,7 +13,9 @@ from pathlib import Path
 import numpy as np
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "docs" / "BENCHMARKS.md"
-HEADER = "# Benchmarks\n\nEach section is rewritten by the bench named in it; ratios are measured side by side in one run.\n"
+HEADER = (
+    "# Benchmarks\n\nEach section is rewritten by the bench named in it; ratios are measured side by side in one run.\n"
+)
 
 
 def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int, block: int = 5) -> dict[str, float]:

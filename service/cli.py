@@ -12,15 +12,21 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from workers.curation import CurationConfig, CentralSampler, OfflineCuration, compute_fraction, curate_offline
-from workers.offline_io import EmbeddingFileError, check_export_path, export_subset, load_embeddings, save_embeddings
+from workers.curation import CentralSampler, CurationConfig, OfflineCuration, compute_fraction, curate_offline
+from workers.offline_io import (
+    EmbeddingFileError,
+    check_export_path,
+    export_subset,
+    load_embeddings,
+    save_embeddings,
+)
 
 app = typer.Typer(help="CheXficient curation for chest X-ray vision-language pretraining.", no_args_is_help=True)
 console = Console(stderr=True)
 
 
 def _fail(message: str) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {message}")
+    console.print(f"[bold red]error:[/] {message}", soft_wrap=True, highlight=False)
     return typer.Exit(code=2)
 
 
@@ -33,10 +39,16 @@ def _config(**knobs: Any) -> CurationConfig:
 
 def _curate(features: np.ndarray, config: CurationConfig) -> OfflineCuration:
     with Progress(
-        TextColumn("curating super-batches"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+        TextColumn("curating super-batches"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
     ) as bar:
         task = bar.add_task("curate", total=None)
-        return curate_offline(features, config, progress=lambda done, total: bar.update(task, completed=done, total=total))
+        return curate_offline(
+            features, config, progress=lambda done, total: bar.update(task, completed=done, total=total)
+        )
 
 
 K = Annotated[int | None, typer.Option(help="prototypes K (default 6)")]
@@ -89,8 +101,13 @@ def curate(
 ) -> None:
     """Offline curation of stored embeddings: k-means, per-prototype band selection, subset export."""
     config = _config(
-        k=k, max_central=max_central, central_sampler=sampler, batch_size=batch_size, seed=seed,
-        warmup_samples=warmup_samples, epochs=epochs,
+        k=k,
+        max_central=max_central,
+        central_sampler=sampler,
+        batch_size=batch_size,
+        seed=seed,
+        warmup_samples=warmup_samples,
+        epochs=epochs,
     )
     try:
         check_export_path(out)

@@ -61,7 +61,11 @@ def test_compute_fraction_matches_paper_arithmetic() -> None:
 
 @pytest.mark.parametrize(
     ("args", "message"),
-    [((1.2, 20, 1), "subset_ratio"), ((0.2, 0, 0), "epochs must be at least 1"), ((0.2, 3, 4), "curation_epochs")],
+    [
+        ((1.2, 20, 1), "subset_ratio"),
+        ((0.2, 0, 0), "epochs must be at least 1"),
+        ((0.2, 3, 4), "curation_epochs"),
+    ],
 )
 def test_compute_fraction_bad_input(args, message) -> None:
     with pytest.raises(ValueError, match=message):

@@ -80,10 +80,8 @@ def test_farthest_point_property() -> None:
         assert set(order) == chosen
         pts = feats.astype(np.float64)
         for t in range(1, len(order)):
-            prior = pts[order[:t]]
-            gap = lambda i: np.linalg.norm(prior - pts[i], axis=1).min()  # noqa: E731
-            rest = [i for i in central if i not in order[:t]]
-            assert gap(order[t]) >= max(gap(i) for i in rest)
+            gaps = {i: np.linalg.norm(pts[order[:t]] - pts[i], axis=1).min() for i in central if i not in order[:t]}
+            assert gaps[order[t]] == max(gaps.values())
 
 
 def test_fewer_rows_than_prototypes() -> None:
@@ -171,7 +169,11 @@ def test_never_empty_and_fallback_never_needed(n, k, m, q, seed) -> None:
         (np.zeros((0, 4), np.float32), np.eye(2, 4), "empty"),
         (np.ones((3, 5), np.float32), np.eye(2, 4), "width 4, expected 5"),
         (np.ones((3, 4), np.int64), np.eye(2, 4), "float dtype"),
-        (np.array([[1, 0, 0, 0], [np.nan, 0, 0, 0], [0, np.inf, 0, 0]], np.float32), np.eye(2, 4), r"\[1, 2\]"),
+        (
+            np.array([[1, 0, 0, 0], [np.nan, 0, 0, 0], [0, np.inf, 0, 0]], np.float32),
+            np.eye(2, 4),
+            r"\[1, 2\]",
+        ),
         (np.ones((3, 4), np.float32), 2 * np.eye(2, 4), "not L2-normalised"),
         (np.ones((3, 4), np.float32), np.eye(3, 4), "config.k is 2 but 3 prototypes"),
         (np.ones((3, 4), np.float32), np.array([[np.nan, 0, 0, 0], [1, 0, 0, 0]]), "prototypes rows"),

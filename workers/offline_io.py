@@ -14,7 +14,6 @@ from numpy.typing import NDArray
 
 from workers.curation import BAND_LABELS, CurationConfig, OfflineCuration
 
-
 EXPORT_SUFFIXES = (".jsonl", ".csv")
 
 
@@ -34,12 +33,14 @@ def load_embeddings(path: Path) -> tuple[NDArray[np.int64], NDArray[np.floating]
     """Read ``sample_id`` (int64, unique) and ``embedding`` (float16/32, ``[n, D]``) from an ``.npz``."""
     try:
         with np.load(path, allow_pickle=False) as data:
-            missing = {"sample_id", "embedding"} - set(data.files)
-            if missing:
-                raise EmbeddingFileError(f"{path}: missing array(s) {sorted(missing)}; found {sorted(data.files)}")
-            ids, emb = data["sample_id"], data["embedding"]
-    except (OSError, zipfile.BadZipFile, EOFError) as exc:
+            arrays = {name: data[name] for name in data.files if name in ("sample_id", "embedding")}
+            found = sorted(data.files)
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise EmbeddingFileError(f"{path}: not a readable .npz file ({exc})") from exc
+    missing = {"sample_id", "embedding"} - set(arrays)
+    if missing:
+        raise EmbeddingFileError(f"{path}: missing array(s) {sorted(missing)}; found {found}")
+    ids, emb = arrays["sample_id"], arrays["embedding"]
     if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
         raise EmbeddingFileError(f"{path}: sample_id must be a 1-D integer array, got {ids.dtype} {ids.shape}")
     if emb.ndim != 2 or emb.dtype not in (np.float16, np.float32):
@@ -53,7 +54,8 @@ def load_embeddings(path: Path) -> tuple[NDArray[np.int64], NDArray[np.floating]
 
 
 def save_embeddings(path: Path, ids: NDArray[np.int64], embedding: NDArray, **extra: NDArray) -> None:
-    np.savez(path, sample_id=ids.astype(np.int64), embedding=embedding, **extra)
+    arrays: dict[str, Any] = {"sample_id": ids.astype(np.int64), "embedding": embedding, **extra}
+    np.savez(path, **arrays)
 
 
 def file_sha256(path: Path) -> str:
@@ -83,7 +85,13 @@ def export_subset(
     }
     fields = ("sample_id", "prototype", "distance", "band", "batch")
     rows = (
-        (int(ids[i]), int(result.prototype[i]), float(result.distance[i]), BAND_LABELS[result.band[i]], int(result.batch[i]))
+        (
+            int(ids[i]),
+            int(result.prototype[i]),
+            float(result.distance[i]),
+            BAND_LABELS[result.band[i]],
+            int(result.batch[i]),
+        )
         for i in kept
     )
     if path.suffix == ".csv":

@@ -26,4 +26,8 @@ def flagged_share(flag: NDArray[np.bool_], keep: NDArray[np.bool_]) -> dict[str,
     """Share of flagged rows in the dataset and in the subset (e.g. near-duplicates, noisy pairs)."""
     dataset = float(flag.mean()) if len(flag) else 0.0
     subset = float(flag[keep].mean()) if keep.any() else 0.0
-    return {"dataset_share": dataset, "subset_share": subset, "ratio": subset / dataset if dataset else float("nan")}
+    return {
+        "dataset_share": dataset,
+        "subset_share": subset,
+        "ratio": subset / dataset if dataset else float("nan"),
+    }

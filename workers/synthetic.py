@@ -1,8 +1,9 @@
 """A seeded long-tailed, redundant and slightly noisy embedding set: what curation is supposed to fix.
 
-Each sample belongs to one finding; finding prevalence falls geometrically from ~40 % to ~0.15 %. Image and
-report embeddings are drawn around per-finding centres that share a common component; a share of rows are near-duplicate follow-up
-studies of an earlier row, and a few percent are mismatched pairs (the report of another finding).
+Each sample belongs to one finding; finding prevalence falls geometrically from ~40 % to ~0.15 %. Image
+and report embeddings are drawn around per-finding centres that share a common component; a share of rows
+are near-duplicate follow-up studies of an earlier row, and a few percent are mismatched pairs (the report
+of another finding).
 """
 
 from __future__ import annotations

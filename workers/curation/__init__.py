@@ -3,7 +3,7 @@
 Notation follows the paper and SPEC §2: features f_i, prototypes p_k, assignment c_i, distance d_i.
 """
 
-from .backend import Backend, NumpyBackend, TorchBackend, default_backend
+from .backend import Backend, CpuBackend, TorchBackend, default_backend
 from .budget import compute_fraction
 from .config import CentralSampler, CurationConfig
 from .features import curation_features
@@ -18,7 +18,7 @@ __all__ = [
     "Band",
     "CentralSampler",
     "CurationConfig",
-    "NumpyBackend",
+    "CpuBackend",
     "OfflineCuration",
     "Selection",
     "TorchBackend",

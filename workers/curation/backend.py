@@ -1,35 +1,70 @@
-"""Dense products for the engine: numpy on the CPU, torch on a GPU (same results within float32 rounding).
+"""Where the engine's heavy kernels run: the CPU (BLAS + a compiled FPS loop) or torch on a device.
 
-The engine's logic stays in numpy; only the O(B*K*D) and O(n^2*D) products go through a backend, so the
-CPU path is the one always tested and a CUDA device only changes where the multiplications happen.
+The engine's logic stays in numpy; only the O(B*K*D) products and the farthest-point passes go through a
+backend, so the CPU path is the one always tested and a CUDA device only changes where the arithmetic runs.
+Both give the same decisions up to float32 rounding (exactly the same on exactly representable inputs).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
+from .groups import GroupLayout
+
+if TYPE_CHECKING:
+    import torch
+
 
 class Backend(Protocol):
-    name: str
-    #: whether whole per-prototype Gram blocks are cheaper than repeated matrix-vector passes
-    prefers_gram: bool
+    @property
+    def name(self) -> str: ...
 
     def matmul(self, a: NDArray[np.float32], b: NDArray[np.float32]) -> NDArray[np.float32]:
         """``a @ b`` for 2-D or batched 3-D float32 arrays."""
         ...
 
+    def farthest_points(
+        self,
+        features: NDArray[np.float32],
+        sq_norms: NDArray[np.float32],
+        layout: GroupLayout,
+        m: int,
+        first: NDArray[np.intp],
+    ) -> NDArray[np.intp]:
+        """Seeded FPS in every group of ``layout``, starting at member ``first[g]``; ``[G, m]`` row indices.
+
+        Each next pick is argmax_j min_s ||f_j - f_s|| over the group's unpicked members, first maximum
+        (lowest row) on ties.
+        """
+        ...
+
 
 @dataclass(frozen=True)
-class NumpyBackend:
-    name: str = "numpy"
-    prefers_gram: bool = False
+class CpuBackend:
+    """numpy (BLAS) products and the compiled FPS kernel."""
+
+    name: str = "cpu"
 
     def matmul(self, a: NDArray[np.float32], b: NDArray[np.float32]) -> NDArray[np.float32]:
         return np.matmul(a, b)
+
+    def farthest_points(
+        self,
+        features: NDArray[np.float32],
+        sq_norms: NDArray[np.float32],
+        layout: GroupLayout,
+        m: int,
+        first: NDArray[np.intp],
+    ) -> NDArray[np.intp]:
+        from .kernels import farthest_points
+
+        return farthest_points(
+            features, sq_norms * np.float32(0.5), layout.flat_rows, layout.starts, layout.counts, first, m
+        )
 
 
 @dataclass(frozen=True)
@@ -38,19 +73,59 @@ class TorchBackend:
 
     device: str = "cuda"
     name: str = "torch"
-    prefers_gram: bool = True
+
+    def _tensor(self, array: NDArray) -> torch.Tensor:
+        import torch
+
+        torch.backends.cuda.matmul.allow_tf32 = False
+        return torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
 
     def matmul(self, a: NDArray[np.float32], b: NDArray[np.float32]) -> NDArray[np.float32]:
         import torch
 
-        torch.backends.cuda.matmul.allow_tf32 = False
-        ta = torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
-        tb = torch.from_numpy(np.ascontiguousarray(b)).to(self.device)
-        return torch.matmul(ta, tb).cpu().numpy()
+        return torch.matmul(self._tensor(a), self._tensor(b)).cpu().numpy()
+
+    def farthest_points(
+        self,
+        features: NDArray[np.float32],
+        sq_norms: NDArray[np.float32],
+        layout: GroupLayout,
+        m: int,
+        first: NDArray[np.intp],
+    ) -> NDArray[np.intp]:
+        """All groups at once on the device: members padded to ``[G, n_max, D]``, one batched pass per pick."""
+        import torch
+
+        rows = self._tensor(layout.rows)
+        members = self._tensor(features)[rows]
+        half_sq = self._tensor(sq_norms)[rows] / 2
+        ar = torch.arange(len(layout.counts), device=self.device)
+        # best_j = min over picks s of ||f_j - f_s||^2 / 2; -inf marks picks and padding so argmax skips them
+        best = torch.where(self._tensor(layout.valid), torch.inf, -torch.inf).to(torch.float32)
+        picks = []
+        pick = self._tensor(first)
+        for t in range(m):
+            if t:
+                pick = _first_argmax(best)
+            picks.append(pick)
+            best[ar, pick] = -torch.inf
+            if t < m - 1:
+                dots = torch.bmm(members, members[ar, pick].unsqueeze(2)).squeeze(2)
+                best = torch.minimum(best, (half_sq + half_sq[ar, pick].unsqueeze(1)) - dots)
+        return rows[ar.unsqueeze(1), torch.stack(picks, dim=1)].cpu().numpy()
+
+
+def _first_argmax(values: torch.Tensor) -> torch.Tensor:
+    """Index of the first maximum per row (torch.argmax does not promise the first one on every device)."""
+    import torch
+
+    top = values.max(dim=1, keepdim=True).values
+    positions = torch.arange(values.shape[1], device=values.device).expand_as(values)
+    return torch.where(values == top, positions, values.shape[1]).min(dim=1).values
 
 
 def default_backend() -> Backend:
-    """Torch on CUDA when a device is visible, else numpy; torch is imported only to ask."""
+    """Torch on CUDA when a device is visible, else the CPU backend; torch is imported only to ask."""
     try:
         import torch
 
@@ -58,4 +133,4 @@ def default_backend() -> Backend:
             return TorchBackend("cuda")
     except ImportError:  # pragma: no cover - torch is a hard dependency, kept defensive for slim images
         pass
-    return NumpyBackend()
+    return CpuBackend()

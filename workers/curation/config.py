@@ -34,8 +34,7 @@ class CurationConfig(BaseModel):
     def _check_relations(self) -> CurationConfig:
         if not self.support_quantile < self.outlier_quantile:
             raise ValueError(
-                f"support_quantile ({self.support_quantile}) must be below "
-                f"outlier_quantile ({self.outlier_quantile})"
+                f"support_quantile ({self.support_quantile}) must be below outlier_quantile ({self.outlier_quantile})"
             )
         if self.curation_epochs > self.epochs:
             raise ValueError(f"curation_epochs ({self.curation_epochs}) exceeds epochs ({self.epochs})")

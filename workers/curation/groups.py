@@ -17,6 +17,16 @@ class GroupLayout:
     valid: NDArray[np.bool_]  # [G, n_max]
     counts: NDArray[np.intp]  # [G]
 
+    @property
+    def flat_rows(self) -> NDArray[np.intp]:
+        """The rows of all groups back to back (group after group, ascending inside each)."""
+        return self.rows[self.valid]
+
+    @property
+    def starts(self) -> NDArray[np.intp]:
+        """Where each group begins in ``flat_rows``."""
+        return np.cumsum(self.counts) - self.counts
+
 
 @dataclass(frozen=True)
 class GroupIndex:
@@ -38,6 +48,26 @@ class GroupIndex:
         valid = offsets[None, :] < counts[:, None]
         slots = self.starts[groups][:, None] + np.where(valid, offsets[None, :], 0)
         return GroupLayout(groups=groups, rows=self.rows[slots], valid=valid, counts=counts)
+
+
+def padded_buckets(counts: NDArray[np.intp], max_padding: int) -> list[NDArray[np.intp]]:
+    """Split groups (by index into ``counts``) into buckets padded to their largest member count.
+
+    Greedy from the largest group down: a group joins the current bucket while the bucket's padding stays
+    within ``max_padding`` rows. Each bucket is one batched pass, so this trades padding against passes.
+    """
+    order = np.argsort(-counts, kind="stable")
+    buckets: list[list[int]] = []
+    width, padding = -1, 0
+    for g in order.tolist():
+        extra = width - int(counts[g])
+        if buckets and padding + extra <= max_padding:
+            buckets[-1].append(g)
+            padding += extra
+        else:
+            buckets.append([g])
+            width, padding = int(counts[g]), 0
+    return [np.sort(np.asarray(b, dtype=np.intp)) for b in buckets]
 
 
 def grouped_quantiles(

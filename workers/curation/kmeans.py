@@ -41,6 +41,7 @@ def init_prototypes(
         verbose=False,
     )
     kmeans.train(data)
+    assert kmeans.centroids is not None  # set by train()
     centroids = kmeans.centroids.astype(np.float64)
     norms = np.linalg.norm(centroids, axis=1, keepdims=True)
     if (norms == 0).any():

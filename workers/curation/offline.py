@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from .backend import Backend, NumpyBackend
+from .backend import Backend, CpuBackend
 from .config import CurationConfig
 from .kmeans import init_prototypes
 from .selection import Band, select_batch
@@ -48,7 +48,7 @@ def curate_offline(
     Prototypes stay fixed: with no model in the loop the embeddings do not drift, so there is nothing to
     follow. Super-batch ``s`` uses sampler seed ``(config.seed, s)``; the last batch may be short.
     """
-    backend = backend or NumpyBackend()
+    backend_: Backend = backend or CpuBackend()
     f = as_matrix("features", features)
     n = len(f)
     rng = np.random.default_rng(config.seed)
@@ -64,8 +64,13 @@ def curate_offline(
     n_batches = -(-n // config.batch_size)
     for step in range(n_batches):
         rows = order[step * config.batch_size : (step + 1) * config.batch_size]
-        sel = select_batch(f[rows], prototypes, config, seed=(config.seed, step), backend=backend)
-        prototype[rows], distance[rows], band[rows], keep[rows] = sel.prototype, sel.distance, sel.band, sel.keep
+        sel = select_batch(f[rows], prototypes, config, seed=(config.seed, step), backend=backend_)
+        prototype[rows], distance[rows], band[rows], keep[rows] = (
+            sel.prototype,
+            sel.distance,
+            sel.band,
+            sel.keep,
+        )
         batch[rows] = step
         if progress is not None:
             progress(step + 1, n_batches)

@@ -9,11 +9,14 @@ from enum import IntEnum
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from .backend import Backend, NumpyBackend
+from .backend import Backend, CpuBackend
 from .config import CurationConfig
-from .groups import GroupIndex, GroupLayout, grouped_quantiles
-from .samplers import density_rows, farthest_point_rows, random_rows
+from .groups import GroupIndex, grouped_quantiles, padded_buckets
+from .samplers import density_rows, random_rows
 from .validate import check_prototypes, float32_rows
+
+#: padding rows a Gram bucket may carry before a separate batched product is cheaper (at D ~ 1024)
+BUCKET_PADDING_ROWS = 256
 
 
 class Band(IntEnum):
@@ -50,7 +53,10 @@ class Selection:
 
 
 def nearest_prototypes(
-    features: NDArray[np.float32], sq_norms: NDArray[np.float32], prototypes: NDArray[np.float32], backend: Backend
+    features: NDArray[np.float32],
+    sq_norms: NDArray[np.float32],
+    prototypes: NDArray[np.float32],
+    backend: Backend,
 ) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
     """c_i = argmin_k ||f_i - p_k|| = argmax_k (f_i.p_k - ||p_k||^2 / 2) (ties: lowest k), and d_i."""
     proto_half_sq = np.vecdot(prototypes, prototypes) / 2
@@ -72,14 +78,14 @@ def select_batch(
 
     ``seed`` (an int or a sequence such as ``(run_seed, epoch, step)``) drives the sampler's randomness.
     """
-    backend = backend or NumpyBackend()
+    backend_: Backend = backend or CpuBackend()
     f32, sq_norms = float32_rows("features", features)
     p32 = check_prototypes(prototypes, width=f32.shape[1])
     if p32.shape[0] != config.k:
         raise ValueError(f"config.k is {config.k} but {p32.shape[0]} prototypes were given")
     k, m = config.k, config.max_central
 
-    assigned, dist = nearest_prototypes(f32, sq_norms, p32, backend)
+    assigned, dist = nearest_prototypes(f32, sq_norms, p32, backend_)
     t_sup, t_out = grouped_quantiles(dist, assigned, k, (config.support_quantile, config.outlier_quantile))
     central = dist <= t_sup[assigned]
     band = np.full(len(f32), Band.SUPPORT, dtype=np.int8)
@@ -93,20 +99,17 @@ def select_batch(
     if len(crowded):
         draws = np.random.default_rng(seed).random(k if config.central_sampler == "fps" else len(f32))
         index = GroupIndex.build(central_rows, assigned[central_rows], k)
-        # Groups of similar size are padded together, so one huge prototype does not pad all the others.
-        size_class = np.ceil(np.log2(central_counts[crowded])).astype(np.intp)
-        layouts = [index.layout(crowded[size_class == c]) for c in np.unique(size_class)]
-
-        def sample(layout: GroupLayout) -> NDArray[np.intp]:
-            if config.central_sampler == "fps":
-                return farthest_point_rows(f32, sq_norms, layout, m, draws[layout.groups], backend)
-            if config.central_sampler == "density":
-                return density_rows(f32, sq_norms, layout, m, config.density_neighbors, backend)
-            return random_rows(layout, m, draws)
-
-        chosen_sets = [sample(layout) for layout in layouts]
-        for chosen in chosen_sets:
-            band[chosen] = Band.CENTRAL_KEPT
+        if config.central_sampler == "fps":
+            layout = index.layout(crowded)
+            first = np.floor(draws[crowded] * layout.counts).astype(np.intp)
+            band[backend_.farthest_points(f32, sq_norms, layout, m, first)] = Band.CENTRAL_KEPT
+        elif config.central_sampler == "random":
+            band[random_rows(index.layout(crowded), m, draws)] = Band.CENTRAL_KEPT
+        else:
+            # Gram blocks cost n_max^2 per group: pad groups of similar size together, not all to the largest.
+            for bucket in padded_buckets(central_counts[crowded], BUCKET_PADDING_ROWS):
+                layout = index.layout(crowded[bucket])
+                band[density_rows(f32, sq_norms, layout, m, config.density_neighbors, backend_)] = Band.CENTRAL_KEPT
 
     keep = (band == Band.SUPPORT) | (band == Band.CENTRAL_KEPT)
     # Unreachable with a valid config (each prototype's nearest member is central and m >= 1); SPEC §2.2 guard.

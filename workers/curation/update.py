@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from .backend import Backend, NumpyBackend
+from .backend import Backend, CpuBackend
 from .config import CurationConfig
 from .validate import as_matrix, check_prototypes
 
@@ -34,18 +34,18 @@ def update_prototypes(
 
     Returns the new unit prototypes and the usage (rows assigned) of each prototype.
     """
-    backend = backend or NumpyBackend()
+    backend_: Backend = backend or CpuBackend()
     p = check_prototypes(prototypes)
     f = as_matrix("kept_features", kept_features, width=p.shape[1])
     p32 = np.ascontiguousarray(p, dtype=np.float32)
     f32 = np.ascontiguousarray(f, dtype=np.float32)
-    scores = backend.matmul(f32, p32.T).astype(np.float64)  # S = F P^T
+    scores = backend_.matmul(f32, p32.T).astype(np.float64)  # S = F P^T
     plan = sinkhorn(scores, config.sinkhorn_epsilon, config.sinkhorn_iterations)
     assignment = np.argmax(plan, axis=1)  # hard one-hot w_ik; ties go to the lowest k
     usage = np.bincount(assignment, minlength=len(p32)).astype(np.int64)
     one_hot = np.zeros((len(p32), len(f32)), dtype=np.float32)
     one_hot[assignment, np.arange(len(f32))] = 1.0
-    sums = backend.matmul(one_hot, f32).astype(np.float64)  # sum_i w_ik F_i
+    sums = backend_.matmul(one_hot, f32).astype(np.float64)  # sum_i w_ik F_i
     means = sums / (usage[:, None] + 1e-8)
     moved = config.ema_decay * p32.astype(np.float64) + (1.0 - config.ema_decay) * means
     moved /= np.linalg.norm(moved, axis=1, keepdims=True)

@@ -1,0 +1,104 @@
+"""The ``chexcurate`` command line: each command does its job, bad input exits 2 naming the problem."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from service.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def embeddings(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("emb") / "emb.npz"
+    result = runner.invoke(app, ["synth-embeddings", str(path), "--rows", "3000", "--dim", "64", "--seed", "1"])
+    assert result.exit_code == 0, result.output
+    return path
+
+
+def test_synth_embeddings_writes_the_bulk_format(embeddings: Path) -> None:
+    with np.load(embeddings) as data:
+        assert data["sample_id"].dtype == np.int64 and len(data["sample_id"]) == 3000
+        assert data["embedding"].dtype == np.float16 and data["embedding"].shape == (3000, 64)
+        assert {"finding", "finding_names", "duplicate_of", "noisy"} <= set(data.files)
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_curate_exports_subset_with_provenance(embeddings: Path, tmp_path: Path, suffix: str) -> None:
+    out = tmp_path / f"subset{suffix}"
+    result = runner.invoke(app, ["curate", str(embeddings), "--out", str(out), "--k", "4", "--warmup-samples", "500"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    if suffix == ".jsonl":
+        rows = [json.loads(line) for line in out.read_text().splitlines()]
+    else:
+        rows = list(csv.DictReader(out.open()))
+    assert len(rows) == summary["subset_size"] > 0
+    assert {r["band"] for r in rows} <= {"support", "central_kept"}
+    assert len({int(r["sample_id"]) for r in rows}) == len(rows)
+    provenance = json.loads(Path(str(out) + ".provenance.json").read_text())
+    assert provenance["config"]["k"] == 4 and provenance["subset_size"] == len(rows)
+    assert len(provenance["source_sha256"]) == 64 and len(provenance["prototypes"]) == 4
+
+
+def write_npz(path: Path, **arrays) -> Path:
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("arrays", "message"),
+    [
+        ({"sample_id": np.arange(3)}, "missing array"),
+        (
+            {"sample_id": np.array([1, 1, 2]), "embedding": np.ones((3, 4), np.float32)},
+            "duplicate sample ids",
+        ),
+        ({"sample_id": np.arange(3), "embedding": np.ones((2, 4), np.float32)}, "3 sample ids but 2"),
+        ({"sample_id": np.arange(2), "embedding": np.ones((2, 4), np.int32)}, "float16/float32"),
+        ({"sample_id": np.arange(8), "embedding": np.full((8, 4), np.nan, np.float32)}, "contain NaN"),
+        ({"sample_id": np.arange(3), "embedding": np.ones((3, 4), np.float32)}, "cannot make k=6"),
+    ],
+)
+def test_curate_rejects_bad_files_and_writes_nothing(tmp_path: Path, arrays, message) -> None:
+    source = write_npz(tmp_path / "bad.npz", **arrays)
+    out = tmp_path / "subset.jsonl"
+    result = runner.invoke(app, ["curate", str(source), "--out", str(out), "--warmup-samples", "6"])
+    assert result.exit_code == 2
+    assert message in result.output
+    assert not out.exists()
+
+
+def test_curate_rejects_unreadable_file_bad_export_and_bad_config(embeddings: Path, tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.npz"
+    garbage.write_bytes(b"not a zip")
+    cases = [
+        (["curate", str(garbage), "--out", str(tmp_path / "a.jsonl")], "not a readable .npz"),
+        (["curate", str(embeddings), "--out", str(tmp_path / "a.parquet")], "must end in .jsonl or .csv"),
+        (["curate", str(embeddings), "--out", str(tmp_path / "missing" / "a.csv")], "does not exist"),
+        (["curate", str(embeddings), "--k", "0"], "invalid curation config"),
+    ]
+    for args, message in cases:
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, args
+        assert message in result.output, result.output
+    assert list(tmp_path.glob("a.*")) == []
+
+
+def test_demo_prints_table_and_json_and_writes_plot(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["demo", "--out-dir", str(tmp_path), "--rows", "3000"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["rows"] == 3000 and 0 < summary["subset_ratio"] < 1
+    assert sum(summary["band_counts"].values()) == 3000
+    assert set(summary["label_enrichment"]) >= {"no finding", "pneumomediastinum"}
+    assert "label enrichment" in result.stdout
+    assert (tmp_path / "curation.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "subset.jsonl").exists()
