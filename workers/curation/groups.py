@@ -8,6 +8,12 @@ import numpy as np
 from numpy.typing import NDArray
 
 
+def stable_label_order(labels: NDArray[np.intp], n_groups: int) -> NDArray[np.intp]:
+    """Stable argsort of small non-negative labels; 16-bit keys let numpy use its radix sort."""
+    keys = labels.astype(np.uint16) if n_groups <= np.iinfo(np.uint16).max else labels
+    return np.argsort(keys, kind="stable")
+
+
 @dataclass(frozen=True)
 class GroupLayout:
     """Rows of some groups packed into a padded ``[G, n_max]`` table, in ascending row order."""
@@ -38,7 +44,7 @@ class GroupIndex:
 
     @classmethod
     def build(cls, rows: NDArray[np.intp], labels: NDArray[np.intp], n_groups: int) -> GroupIndex:
-        order = np.argsort(labels, kind="stable")  # stable: rows stay ascending inside a group
+        order = stable_label_order(labels, n_groups)  # rows stay ascending inside a group
         counts = np.bincount(labels, minlength=n_groups)
         return cls(rows=rows[order], counts=counts, starts=np.cumsum(counts) - counts)
 
@@ -77,7 +83,8 @@ def grouped_quantiles(
 
     Returns ``[len(quantiles), n_groups]``; groups without members get NaN.
     """
-    order = np.lexsort((values, labels))
+    by_value = np.argsort(values, kind="stable")
+    order = by_value[stable_label_order(labels[by_value], n_groups)]  # by label, then value: a lexsort
     ordered = values[order]
     counts = np.bincount(labels, minlength=n_groups)
     starts = np.cumsum(counts) - counts
