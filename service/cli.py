@@ -22,7 +22,56 @@ from workers.offline_io import (
 )
 
 app = typer.Typer(help="CheXficient curation for chest X-ray vision-language pretraining.", no_args_is_help=True)
+db_app = typer.Typer(help="Database schema (Alembic).", no_args_is_help=True)
+token_app = typer.Typer(help="API bearer tokens.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(token_app, name="token")
 console = Console(stderr=True)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="interface to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    workers: Annotated[int, typer.Option(min=1, help="uvicorn worker processes")] = 1,
+) -> None:
+    """Run the HTTP API (settings from CHEX_* environment variables)."""
+    import uvicorn
+
+    uvicorn.run("service.main:create_app", factory=True, host=host, port=port, workers=workers)
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: Annotated[str, typer.Argument(help="target revision")] = "head") -> None:
+    """Apply the migrations to CHEX_DATABASE_URL."""
+    from service.config import get_settings
+    from service.migrate import upgrade
+
+    url = get_settings().database_url
+    upgrade(url, revision)
+    console.print(f"database at {url.split('@')[-1]} is at revision {revision}")
+
+
+@token_app.command("create")
+def token_create(
+    role: Annotated[str, typer.Option(help="admin or trainer")],
+    name: Annotated[str, typer.Option(help="who or what holds it")] = "cli",
+    run: Annotated[list[int] | None, typer.Option(help="run id a trainer token may use (repeatable)")] = None,
+) -> None:
+    """Create a token and print it once; only its hash is stored."""
+    from service.auth import create_token
+    from service.config import get_settings
+    from service.db import make_engine, session_factory
+
+    engine = make_engine(get_settings().database_url)
+    try:
+        with session_factory(engine)() as session:
+            token = create_token(session, name, role, run)
+    except ValueError as exc:
+        raise _fail(str(exc)) from exc
+    finally:
+        engine.dispose()
+    typer.echo(token)
 
 
 def _fail(message: str) -> typer.Exit:

@@ -1,0 +1,8 @@
+"""One router per resource, mounted under /v1 (health and metrics at the root)."""
+
+from fastapi import APIRouter
+
+from . import health
+
+router = APIRouter()
+router.include_router(health.router)

@@ -1,0 +1,30 @@
+"""One typed settings object for the service, workers and CLI (environment variables ``CHEX_*``)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CHEX_", env_file=".env", extra="ignore")
+
+    #: SQLite file by default (the embedded mode); production and tests use postgresql+psycopg://
+    database_url: str = "sqlite:///./chexcurate.db"
+    #: Celery broker; unset means tasks run eagerly in the API process (embedded mode)
+    broker_url: str | None = None
+    #: largest accepted request body (embeddings, ingest files), bytes
+    max_body_bytes: int = Field(512 * 1024 * 1024, ge=1024)
+    #: how long a leased manifest stays with its trainer before it is handed out again
+    lease_seconds: int = Field(600, ge=1)
+    #: Retry-After sent with 503 answers, seconds
+    retry_after_seconds: int = Field(5, ge=1)
+    #: rows per COPY / insert chunk when storing embeddings and decisions
+    write_chunk_rows: int = Field(50_000, ge=1)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,27 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from .api import router
+from .config import Settings, get_settings
+from .db import make_engine, session_factory
+from .errors import install_error_handlers
+from .metrics import install_metrics
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    app = FastAPI(
+        title="chexcurate",
+        version="1",
+        description="CheXficient data curation for chest X-ray vision-language pretraining (SPEC §3).",
+    )
+    app.state.settings = settings
+    app.state.engine = make_engine(settings.database_url)
+    app.state.sessions = session_factory(app.state.engine)
+    install_error_handlers(app, settings.retry_after_seconds)
+    install_metrics(app)
+    app.include_router(router)
+    return app
