@@ -239,3 +239,7 @@ def _print_summary(summary: dict[str, Any]) -> None:
     for band, count in summary["band_counts"].items():
         table.add_row(f"band {band}", str(count))
     Console().print(table)
+
+
+if __name__ == "__main__":
+    app()

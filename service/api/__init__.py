@@ -2,7 +2,9 @@
 
 from fastapi import APIRouter
 
-from . import health
+from . import health, manifests, runs
 
 router = APIRouter()
 router.include_router(health.router)
+router.include_router(runs.router)
+router.include_router(manifests.router)

@@ -1,0 +1,280 @@
+"""Leased manifests, embeddings posted per manifest (curated batches back), acknowledgements, bulk embeddings."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import APIRouter, Body, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from ..arrays import check_embeddings, read_npy, read_npz
+from ..body import read_limited, spool_limited
+from ..bulk import upsert_embeddings
+from ..deps import AdminDep, RunAccessDep, SessionDep, SettingsDep
+from ..errors import ApiError
+from ..leasing import claim, complete, held_by, next_lease_expiry, skip_sample
+from ..lifecycle import advance_if_epoch_done, curate_step, lock_run
+from ..models import Embedding, EpochItem, Manifest, Run, Sample
+from ..schemas.runs import AckOut, BulkOut, CuratedBatch, ManifestItem, ManifestOut, ManifestRequest, StoredOut
+
+router = APIRouter(prefix="/v1/runs/{run_id}", tags=["manifests"])
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _items(session: Session, sample_ids: list[int]) -> list[ManifestItem]:
+    rows = {s.id: s for s in session.scalars(select(Sample).where(Sample.id.in_(sample_ids)))}
+    return [
+        ManifestItem(sample_id=i, external_id=rows[i].external_id, image_uri=rows[i].image_uri, report=rows[i].report)
+        for i in sample_ids
+    ]
+
+
+def _manifest_out(session: Session, manifest: Manifest) -> ManifestOut:
+    return ManifestOut(
+        manifest_id=manifest.id,
+        run_id=manifest.run_id,
+        phase=manifest.phase,
+        epoch=manifest.epoch,  # type: ignore[arg-type]
+        step=manifest.step,
+        items=_items(session, list(manifest.sample_ids)),
+        expires_at=manifest.expires_at,
+    )
+
+
+@router.post("/manifests", response_model=ManifestOut)
+def next_manifest(
+    run_id: int,
+    session: SessionDep,
+    settings: SettingsDep,
+    _: RunAccessDep,
+    size: Annotated[int | None, Query(ge=1, le=100_000, description="samples; default the run's batch_size")] = None,
+    body: Annotated[ManifestRequest | None, Body()] = None,
+) -> ManifestOut:
+    """Lease the next samples of the current epoch. Each sample is handed out once per epoch across all
+    trainers; a manifest not acknowledged before ``expires_at`` is handed out again."""
+    run = lock_run(session, run_id)
+    if body is not None:
+        run.model_id = body.model_id or run.model_id
+        run.checkpoint_step = body.checkpoint_step if body.checkpoint_step is not None else run.checkpoint_step
+    advance_if_epoch_done(session, run)
+    now = _now()
+    empty = ManifestOut(
+        manifest_id=None,
+        run_id=run.id,
+        phase=run.phase,
+        epoch=run.epoch,
+        step=None,
+        items=[],  # type: ignore[arg-type]
+        expires_at=None,
+    )
+    if run.phase == "done":
+        session.commit()
+        return empty
+    manifest_id = str(uuid.uuid4())
+    sample_ids = claim(
+        session, run.id, run.epoch, size or run.config["batch_size"], manifest_id, now, settings.lease_seconds
+    )
+    if not sample_ids:
+        expiry = next_lease_expiry(session, run.id, run.epoch)
+        session.commit()
+        empty.wait_seconds = max(0.2, (expiry - now).total_seconds()) if expiry else 1.0
+        return empty
+    step = (session.scalar(select(func.max(Manifest.step)).where(Manifest.run_id == run.id)) or 0) + 1
+    manifest = Manifest(
+        id=manifest_id,
+        run_id=run.id,
+        phase=run.phase,
+        epoch=run.epoch,
+        step=step,
+        sample_ids=sample_ids,
+        expires_at=now + timedelta(seconds=settings.lease_seconds),
+        model_id=run.model_id,
+        checkpoint_step=run.checkpoint_step,
+        prototype_version=run.prototype_version,
+    )
+    session.add(manifest)
+    session.commit()
+    return _manifest_out(session, manifest)
+
+
+def _open_manifest(session: Session, run: Run, manifest_id: str) -> tuple[Manifest, list[int]]:
+    """The manifest and the samples it still holds, in manifest order; 409 if its lease went to another trainer."""
+    manifest = session.get(Manifest, manifest_id)
+    if manifest is None or manifest.run_id != run.id:
+        raise ApiError(404, "unknown_manifest", f"manifest {manifest_id} does not belong to run {run.id}")
+    if manifest.acked_at is not None:
+        return manifest, []
+    held = set(held_by(session, run.id, manifest.epoch, manifest.id))
+    taken = session.scalar(
+        select(func.count()).where(
+            EpochItem.run_id == run.id,
+            EpochItem.epoch == manifest.epoch,
+            EpochItem.sample_id.in_(manifest.sample_ids),
+            EpochItem.manifest_id != manifest.id,
+        )
+    )
+    if taken:
+        raise ApiError(
+            409,
+            "lease_expired",
+            f"manifest {manifest_id} expired and {taken} of its samples were "
+            "handed out again; drop this batch and ask for a new manifest",
+        )
+    return manifest, [s for s in manifest.sample_ids if s in held]
+
+
+def _run_width(session: Session, run_id: int) -> int | None:
+    return session.scalar(select(Embedding.dim).where(Embedding.run_id == run_id).limit(1))
+
+
+def _post_embeddings(session: Session, run_id: int, manifest_id: str, body: bytes) -> dict[str, Any]:
+    arr = read_npy(body)
+    run = lock_run(session, run_id)
+    manifest, expected = _open_manifest(session, run, manifest_id)
+    if manifest.acked_at is not None:
+        return dict(manifest.result or {})  # a retry: the stored answer, the EMA is not applied twice
+    if manifest.phase == "subset":
+        raise ApiError(409, "wrong_phase", "subset-phase manifests take no embeddings: POST .../ack instead")
+    check_embeddings(arr, len(expected), _run_width(session, run.id), "embeddings")
+    upsert_embeddings(session, run.id, np.asarray(expected, dtype=np.int64), arr, manifest.step)
+    if manifest.phase == "warmup":
+        result: dict[str, Any] = StoredOut(
+            manifest_id=manifest.id, phase="warmup", epoch=manifest.epoch, step=manifest.step, stored=len(expected)
+        ).model_dump()
+    else:
+        manifest.sample_ids = expected
+        result = curate_step(session, run, manifest, arr)
+    complete(session, run.id, manifest.epoch, manifest.id)
+    manifest.acked_at, manifest.result = _now(), result
+    advance_if_epoch_done(session, run)
+    session.commit()
+    return result
+
+
+@router.post(
+    "/manifests/{manifest_id}/embeddings",
+    response_model=CuratedBatch | StoredOut,
+    openapi_extra={
+        "requestBody": {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}
+    },
+)
+async def post_embeddings(
+    run_id: int, manifest_id: str, request: Request, session: SessionDep, settings: SettingsDep, _: RunAccessDep
+) -> dict[str, Any]:
+    """The manifest's embeddings as one ``.npy`` (float16/float32, ``[n, D]``, rows in manifest order).
+    Warm-up: stored. Curation: the curated batch (rows to keep, bands, prototype version). Idempotent."""
+    body = await read_limited(request, settings.max_body_bytes)
+    return await run_in_threadpool(_post_embeddings, session, run_id, manifest_id, body)
+
+
+@router.post("/manifests/{manifest_id}/ack", response_model=AckOut)
+def ack_manifest(run_id: int, manifest_id: str, session: SessionDep, _: RunAccessDep) -> dict[str, Any]:
+    """Acknowledge a subset-phase manifest (no embeddings needed). Idempotent."""
+    run = lock_run(session, run_id)
+    manifest, expected = _open_manifest(session, run, manifest_id)
+    if manifest.acked_at is not None:
+        return dict(manifest.result or {})
+    if manifest.phase != "subset":
+        raise ApiError(409, "wrong_phase", f"a {manifest.phase} manifest is acknowledged by posting its embeddings")
+    done = complete(session, run.id, manifest.epoch, manifest.id)
+    result = AckOut(
+        manifest_id=manifest.id, phase="subset", epoch=manifest.epoch, step=manifest.step, acknowledged=done
+    ).model_dump()
+    manifest.acked_at, manifest.result = _now(), result
+    advance_if_epoch_done(session, run)
+    session.commit()
+    return result
+
+
+@router.get("/manifests/{manifest_id}")
+def get_manifest(run_id: int, manifest_id: str, session: SessionDep, _: RunAccessDep) -> dict[str, Any]:
+    """Replay a manifest: its items in order and, once acknowledged, the stored answer."""
+    manifest = session.get(Manifest, manifest_id)
+    if manifest is None or manifest.run_id != run_id:
+        raise ApiError(404, "unknown_manifest", f"manifest {manifest_id} does not belong to run {run_id}")
+    return {
+        **_manifest_out(session, manifest).model_dump(),
+        "acked_at": manifest.acked_at,
+        "result": manifest.result,
+        "model_id": manifest.model_id,
+        "checkpoint_step": manifest.checkpoint_step,
+        "prototype_version": manifest.prototype_version,
+    }
+
+
+@router.get("/steps/{step}")
+def get_step(run_id: int, step: int, session: SessionDep, token: RunAccessDep) -> dict[str, Any]:
+    """Replay the manifest issued as ``step`` of the run."""
+    manifest_id = session.scalar(select(Manifest.id).where(Manifest.run_id == run_id, Manifest.step == step))
+    if manifest_id is None:
+        raise ApiError(404, "unknown_step", f"run {run_id} has no step {step}")
+    return get_manifest(run_id, manifest_id, session, token)
+
+
+@router.post("/samples/{sample_id}/unreadable", status_code=204)
+def report_unreadable(
+    run_id: int,
+    sample_id: int,
+    session: SessionDep,
+    _: RunAccessDep,
+    reason: Annotated[str, Body(embed=True, max_length=2000)] = "unreadable image",
+) -> None:
+    """A trainer could not load this sample: it is marked and never handed out again; the step goes on."""
+    run = lock_run(session, run_id)
+    sample = session.get(Sample, sample_id)
+    if sample is None or sample.dataset_id != run.dataset_id:
+        raise ApiError(404, "unknown_sample", f"sample {sample_id} is not in run {run_id}'s dataset")
+    sample.status, sample.rejection_reason = "unreadable", reason
+    skip_sample(session, run.id, sample_id)
+    advance_if_epoch_done(session, run)
+    session.commit()
+
+
+def _bulk(session: Session, run_id: int, file: Any) -> BulkOut:
+    with file:
+        ids, emb = read_npz(file)
+    run = session.get(Run, run_id)
+    if run is None:
+        raise ApiError(404, "unknown_run", f"run {run_id} does not exist")
+    width = _run_width(session, run.id)
+    check_embeddings(emb, None, width, "embedding")
+    known: set[int] = set()
+    for chunk in np.array_split(ids, max(1, len(ids) // 50_000)):
+        known.update(
+            session.scalars(select(Sample.id).where(Sample.id.in_(chunk.tolist()), Sample.dataset_id == run.dataset_id))
+        )
+    missing = [int(i) for i in ids if int(i) not in known]
+    if missing:
+        raise ApiError(
+            422,
+            "unknown_samples",
+            f"{len(missing)} sample ids are not in run {run_id}'s dataset, e.g. {missing[:10]}",
+            sample_ids=missing[:100],
+        )
+    upsert_embeddings(session, run.id, ids, emb, run.step)
+    session.commit()
+    return BulkOut(run_id=run.id, rows=len(ids), dim=int(emb.shape[1]))
+
+
+@router.post(
+    "/embeddings",
+    response_model=BulkOut,
+    openapi_extra={
+        "requestBody": {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}
+    },
+)
+async def bulk_embeddings(
+    run_id: int, request: Request, session: SessionDep, settings: SettingsDep, _: AdminDep
+) -> BulkOut:
+    """Bulk upload for offline mode: an ``.npz`` with ``sample_id`` (int64) and ``embedding`` ``[n, D]``.
+    Streamed to a spool file, validated whole, stored with COPY in one transaction; re-posting is idempotent."""
+    file = await spool_limited(request, settings.max_body_bytes)
+    return await run_in_threadpool(_bulk, session, run_id, file)

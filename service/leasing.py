@@ -1,0 +1,113 @@
+"""Epochs as materialised seeded permutations, leased in order with row locks (SPEC §3, design note 7).
+
+Each epoch's permutation is stored as rows (run, epoch, position, sample, state, lease, manifest). A claim
+takes the next N pending-or-expired rows with ``FOR UPDATE SKIP LOCKED``, so concurrent trainers never get
+the same row; an acknowledgement marks rows done; an epoch ends when every row is done.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import numpy as np
+from numpy.typing import NDArray
+from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy.orm import Session
+
+from .bulk import copy_rows, is_postgres
+from .models import EpochItem
+
+
+def materialise_epoch(session: Session, run_id: int, seed: int, epoch: int, sample_ids: NDArray[np.int64]) -> int:
+    """Store the seeded permutation of ``sample_ids`` for ``epoch``; returns its length."""
+    order = np.random.default_rng([seed, epoch]).permutation(np.sort(sample_ids))
+    rows = [(run_id, epoch, pos, int(sid), "pending") for pos, sid in enumerate(order.tolist())]
+    if is_postgres(session):
+        copy_rows(
+            session,
+            "COPY epoch_items (run_id, epoch, position, sample_id, state) FROM STDIN (FORMAT binary)",
+            ("int8", "int4", "int4", "int8", "varchar"),
+            rows,
+        )
+    elif rows:
+        keys = ("run_id", "epoch", "position", "sample_id", "state")
+        session.execute(insert(EpochItem), [dict(zip(keys, r, strict=True)) for r in rows])
+    return len(rows)
+
+
+def claim(
+    session: Session, run_id: int, epoch: int, size: int, manifest_id: str, now: datetime, lease_seconds: int
+) -> list[int]:
+    """Lease the next ``size`` claimable rows of the epoch to ``manifest_id``; their sample ids in order."""
+    claimable = (
+        select(EpochItem.id)
+        .where(
+            EpochItem.run_id == run_id,
+            EpochItem.epoch == epoch,
+            or_(EpochItem.state == "pending", and_(EpochItem.state == "leased", EpochItem.lease_expires_at < now)),
+        )
+        .order_by(EpochItem.position)
+        .limit(size)
+        .with_for_update(skip_locked=True)
+    )
+    leased = session.execute(
+        update(EpochItem)
+        .where(EpochItem.id.in_(claimable.scalar_subquery()))
+        .values(state="leased", lease_expires_at=now + timedelta(seconds=lease_seconds), manifest_id=manifest_id)
+        .returning(EpochItem.position, EpochItem.sample_id)
+    ).all()
+    return [sample_id for _, sample_id in sorted(leased)]
+
+
+def held_by(session: Session, run_id: int, epoch: int, manifest_id: str) -> list[int]:
+    """Sample ids still leased to ``manifest_id`` (fewer than issued once a lease lapsed and was re-claimed)."""
+    return list(
+        session.scalars(
+            select(EpochItem.sample_id).where(
+                EpochItem.run_id == run_id,
+                EpochItem.epoch == epoch,
+                EpochItem.manifest_id == manifest_id,
+                EpochItem.state == "leased",
+            )
+        )
+    )
+
+
+def complete(session: Session, run_id: int, epoch: int, manifest_id: str) -> int:
+    result = session.execute(
+        update(EpochItem)
+        .where(
+            EpochItem.run_id == run_id,
+            EpochItem.epoch == epoch,
+            EpochItem.manifest_id == manifest_id,
+            EpochItem.state == "leased",
+        )
+        .values(state="done", lease_expires_at=None)
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def skip_sample(session: Session, run_id: int, sample_id: int) -> None:
+    """An unreadable sample leaves every open epoch of the run (it counts as done, nobody gets it again)."""
+    session.execute(
+        update(EpochItem)
+        .where(EpochItem.run_id == run_id, EpochItem.sample_id == sample_id, EpochItem.state != "done")
+        .values(state="done", lease_expires_at=None)
+    )
+
+
+def remaining(session: Session, run_id: int, epoch: int) -> int:
+    return int(
+        session.scalar(
+            select(func.count()).where(EpochItem.run_id == run_id, EpochItem.epoch == epoch, EpochItem.state != "done")
+        )
+        or 0
+    )
+
+
+def next_lease_expiry(session: Session, run_id: int, epoch: int) -> datetime | None:
+    return session.scalar(
+        select(func.min(EpochItem.lease_expires_at)).where(
+            EpochItem.run_id == run_id, EpochItem.epoch == epoch, EpochItem.state == "leased"
+        )
+    )

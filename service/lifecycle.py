@@ -1,0 +1,161 @@
+"""The run schedule (warmup -> curation -> subset -> done) and the two compute steps, run in-process.
+
+Epoch 0 is the warm-up pass over ``warmup_samples`` random accepted samples; epochs 1..curation_epochs
+curate every accepted sample; the remaining epochs up to ``epochs`` train on the curated subset.
+Callers hold the run row lock (``lock_run``), so phase changes and prototype versions are serialised.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from workers.curation import BAND_LABELS, CurationConfig, init_prototypes, select_batch, update_prototypes
+
+from .arrays import unit_rows
+from .bulk import insert_decisions
+from .errors import ApiError
+from .leasing import materialise_epoch, remaining
+from .models import Decision, Embedding, EpochItem, Manifest, PrototypeVersion, Run, Sample
+
+
+def lock_run(session: Session, run_id: int) -> Run:
+    run = session.scalar(select(Run).where(Run.id == run_id).with_for_update())
+    if run is None:
+        raise ApiError(404, "unknown_run", f"run {run_id} does not exist")
+    return run
+
+
+def run_config(run: Run) -> CurationConfig:
+    return CurationConfig.model_validate(run.config)
+
+
+def accepted_samples(session: Session, dataset_id: int) -> NDArray[np.int64]:
+    ids = session.scalars(select(Sample.id).where(Sample.dataset_id == dataset_id, Sample.status == "accepted"))
+    return np.fromiter(ids, dtype=np.int64)
+
+
+def start(session: Session, run: Run) -> None:
+    """Materialise the warm-up epoch: a seeded random sample of the accepted samples."""
+    config = run_config(run)
+    pool = np.sort(accepted_samples(session, run.dataset_id))
+    if len(pool) < config.k:
+        raise ApiError(422, "too_few_samples", f"the dataset has {len(pool)} accepted samples; k={config.k} needs more")
+    size = min(config.warmup_samples, len(pool))
+    warmup = np.random.default_rng([run.seed, 0]).choice(pool, size=size, replace=False)
+    materialise_epoch(session, run.id, run.seed, 0, warmup)
+
+
+def subset_ids(session: Session, run: Run) -> NDArray[np.int64]:
+    """Union of kept samples over the curation epochs (SPEC §2.4)."""
+    kept = session.scalars(
+        select(Decision.sample_id).where(Decision.run_id == run.id, Decision.kept.is_(True)).distinct()
+    )
+    return np.fromiter(kept, dtype=np.int64)
+
+
+def advance_if_epoch_done(session: Session, run: Run) -> None:
+    """Move to the next epoch (or phase) once every row of the current epoch is done."""
+    while run.phase != "done" and remaining(session, run.id, run.epoch) == 0:
+        config = run_config(run)
+        if run.phase == "warmup":
+            _init_prototypes(session, run, config)
+        next_epoch = run.epoch + 1
+        if next_epoch <= config.curation_epochs:
+            run.phase, pool = "curation", accepted_samples(session, run.dataset_id)
+        elif next_epoch <= config.epochs:
+            run.phase = "subset"
+            pool = subset_ids(session, run) if config.curation_epochs else accepted_samples(session, run.dataset_id)
+        else:
+            run.phase = "done"
+            break
+        run.epoch = next_epoch
+        materialise_epoch(session, run.id, run.seed, next_epoch, pool)
+
+
+def _init_prototypes(session: Session, run: Run, config: CurationConfig) -> None:
+    rows = session.execute(
+        select(Embedding.dim, Embedding.vector)
+        .join(EpochItem, (EpochItem.sample_id == Embedding.sample_id) & (EpochItem.run_id == Embedding.run_id))
+        .where(Embedding.run_id == run.id, EpochItem.epoch == 0)
+        .order_by(Embedding.sample_id)
+    ).all()
+    if len(rows) < config.k:
+        raise ApiError(409, "warmup_too_small", f"warm-up produced {len(rows)} embeddings; k={config.k} needs more")
+    features = unit_rows(np.stack([np.frombuffer(v, dtype=np.float16) for _, v in rows]))
+    protos = init_prototypes(features, config.k, config.seed, config.kmeans_iterations)
+    session.add(
+        PrototypeVersion(
+            run_id=run.id,
+            version=1,
+            k=config.k,
+            dim=protos.shape[1],
+            vectors=protos.tobytes(),
+            usage=[0] * config.k,
+            step=0,
+        )
+    )
+    run.prototype_version = 1
+
+
+def current_prototypes(session: Session, run: Run) -> NDArray[np.float32]:
+    version = session.get(PrototypeVersion, (run.id, run.prototype_version))
+    if version is None:
+        raise ApiError(409, "no_prototypes", f"run {run.id} has no prototypes yet (phase {run.phase})")
+    return np.frombuffer(version.vectors, dtype=np.float32).reshape(version.k, version.dim)
+
+
+def curate_step(session: Session, run: Run, manifest: Manifest, embeddings: NDArray) -> dict[str, Any]:
+    """Select on the manifest's super-batch, apply the Sinkhorn EMA, persist decisions and the new version."""
+    config = run_config(run)
+    protos = current_prototypes(session, run)
+    if embeddings.shape[1] != protos.shape[1]:
+        raise ApiError(422, "bad_width", f"embeddings have width {embeddings.shape[1]}, prototypes {protos.shape[1]}")
+    features = unit_rows(embeddings)
+    selection = select_batch(features, protos, config, seed=(run.seed, manifest.epoch, manifest.step))
+    moved, usage = update_prototypes(protos, features[selection.keep], config)
+    used, new = run.prototype_version, run.prototype_version + 1
+    run.step += 1
+    session.add(
+        PrototypeVersion(
+            run_id=run.id,
+            version=new,
+            k=config.k,
+            dim=moved.shape[1],
+            vectors=moved.tobytes(),
+            usage=usage.tolist(),
+            step=run.step,
+        )
+    )
+    run.prototype_version = new
+    insert_decisions(
+        session,
+        [
+            (run.id, sid, manifest.epoch, run.step, manifest.id, int(p), float(d), int(b), bool(k), used)
+            for sid, p, d, b, k in zip(
+                manifest.sample_ids,
+                selection.prototype,
+                selection.distance,
+                selection.band,
+                selection.keep,
+                strict=True,
+            )
+        ],
+    )
+    return {
+        "manifest_id": manifest.id,
+        "phase": "curation",
+        "epoch": manifest.epoch,
+        "step": manifest.step,
+        "prototype_version": used,
+        "new_prototype_version": new,
+        "keep": selection.keep.tolist(),
+        "bands": [BAND_LABELS[b] for b in selection.band],
+        "prototypes": selection.prototype.tolist(),
+        "distances": selection.distance.tolist(),
+        "kept": int(selection.keep.sum()),
+    }

@@ -1,0 +1,1 @@
+"""Pydantic request/response schemas, kept apart from the SQLAlchemy models."""
