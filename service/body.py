@@ -11,11 +11,11 @@ from .errors import ApiError
 
 
 async def spool_limited(request: Request, limit: int) -> IO[bytes]:
-    """The body in a temporary file (memory up to 8 MiB, then disk), rewound."""
+    """The body in a temporary file (memory up to 256 MiB, then disk), rewound."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise ApiError(413, "body_too_large", f"body of {declared} bytes exceeds the limit of {limit} bytes")
-    spool = tempfile.SpooledTemporaryFile(max_size=8 << 20)  # noqa: SIM115 - handed to the caller, who closes it
+    spool = tempfile.SpooledTemporaryFile(max_size=256 << 20)  # noqa: SIM115 - handed to the caller, who closes it
     size = 0
     try:
         async for chunk in request.stream():

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from ..arrays import check_embeddings, read_npy, read_npz
 from ..body import read_limited, spool_limited
-from ..bulk import upsert_embeddings
+from ..bulk import foreign_ids, upsert_embeddings
 from ..deps import AdminDep, RunAccessDep, SessionDep, SettingsDep
 from ..errors import ApiError
 from ..leasing import claim, complete, held_by, next_lease_expiry, skip_sample
@@ -246,12 +246,7 @@ def _bulk(session: Session, run_id: int, file: Any) -> BulkOut:
         raise ApiError(404, "unknown_run", f"run {run_id} does not exist")
     width = _run_width(session, run.id)
     check_embeddings(emb, None, width, "embedding")
-    known: set[int] = set()
-    for chunk in np.array_split(ids, max(1, len(ids) // 50_000)):
-        known.update(
-            session.scalars(select(Sample.id).where(Sample.id.in_(chunk.tolist()), Sample.dataset_id == run.dataset_id))
-        )
-    missing = [int(i) for i in ids if int(i) not in known]
+    missing = foreign_ids(session, run.dataset_id, ids)
     if missing:
         raise ApiError(
             422,
