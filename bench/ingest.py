@@ -146,7 +146,8 @@ def main() -> None:
             "## P3: bulk embedding ingest over HTTP vs raw COPY",
             "",
             f"Budget: HTTP ingest rate >= {BUDGET}x a raw `COPY embeddings ... (FORMAT binary)` of the same rows "
-            f"(psycopg, one connection, the binary payload prebuilt with numpy so only the database is timed), same run. {args.rows:,} x {args.dim} float16 rows ({mb:.0f} MB .npz); the HTTP "
+            "(psycopg, one connection, the binary payload prebuilt with numpy so only the database is timed), "
+            f"same run. {args.rows:,} x {args.dim} float16 rows ({mb:.0f} MB .npz); the HTTP "
             "path is a real uvicorn process on loopback: upload, spool, validation (shape, finiteness, duplicate and "
             "foreign ids), binary COPY into a staging table and an idempotent upsert. Medians of "
             f"{args.repeats} alternating repeats.",
