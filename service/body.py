@@ -29,7 +29,7 @@ async def spool_limited(request: Request, limit: int) -> IO[bytes]:
         spool.close()
         raise
     spool.seek(0)
-    return spool  # type: ignore[return-value]
+    return spool
 
 
 async def read_limited(request: Request, limit: int) -> bytes:

@@ -22,6 +22,12 @@ def get_session(request: Request) -> Iterator[Session]:
     yield from session_scope(request.app.state.sessions)
 
 
+#: path ids are bounded to what the database columns hold, so an absurd id is a 422, not a driver error
+BIGINT_MAX = 2**63 - 1
+RunId = Annotated[int, Path(ge=1, le=BIGINT_MAX, description="the run's id")]
+SampleId = Annotated[int, Path(ge=1, le=BIGINT_MAX, description="the sample's id")]
+StepNo = Annotated[int, Path(ge=1, le=2**31 - 1, description="the manifest's issue number within the run")]
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_session)]
 
@@ -34,7 +40,7 @@ def admin_token(token: Annotated[Token, Depends(current_token)]) -> Token:
     return require_admin(token)
 
 
-def run_token(run_id: Annotated[int, Path(ge=1)], token: Annotated[Token, Depends(current_token)]) -> Token:
+def run_token(run_id: RunId, token: Annotated[Token, Depends(current_token)]) -> Token:
     return require_run_access(token, run_id)
 
 

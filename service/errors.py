@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 
@@ -60,6 +60,12 @@ def install_error_handlers(app: FastAPI, retry_after_seconds: int) -> None:
         return JSONResponse(
             _body("database_unavailable", "the database cannot be reached"), status_code=503, headers=retry
         )
+
+    @app.exception_handler(DataError)
+    async def _bad_value(_: Request, exc: DataError) -> JSONResponse:
+        # The database refused a value the request carried (e.g. an id beyond bigint): the client's problem.
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else "invalid value"
+        return JSONResponse(_body("invalid_value", f"the database cannot store or compare a value: {reason}"), 422)
 
     @app.exception_handler(DBAPIError)
     async def _db_error(_: Request, exc: DBAPIError) -> JSONResponse:

@@ -15,7 +15,7 @@ def install_metrics(app: FastAPI) -> None:
     app.state.metrics_registry = registry
 
     @app.middleware("http")
-    async def _observe(request: Request, call_next):  # type: ignore[no-untyped-def]
+    async def _observe(request: Request, call_next):
         start = time.perf_counter()
         response = await call_next(request)
         route = request.scope.get("route")

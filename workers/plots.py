@@ -19,6 +19,20 @@ def curation_figure_png(
     enrichment: Mapping[str, Mapping[str, float]] | None = None,
     title: str = "curation",
 ) -> bytes:
+    counts = np.bincount(band, minlength=len(BAND_LABELS))
+    edges = np.linspace(float(distance.min()), float(distance.max()) + 1e-9, 50)
+    hists = {code: np.histogram(distance[band == code], bins=edges)[0] for code in range(len(BAND_LABELS))}
+    return band_figure_png(counts, edges, hists, enrichment, title)
+
+
+def band_figure_png(
+    counts: NDArray[np.int64],
+    edges: NDArray[np.floating],
+    hists: Mapping[int, NDArray[np.int64]],
+    enrichment: Mapping[str, Mapping[str, float]] | None = None,
+    title: str = "curation",
+) -> bytes:
+    """The figure from aggregates: rows per band code, and per band a histogram of d over ``edges``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -26,17 +40,19 @@ def curation_figure_png(
 
     panels = 3 if enrichment else 2
     fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4), constrained_layout=True)
-    counts = np.bincount(band, minlength=len(BAND_LABELS))
     axes[0].bar(BAND_LABELS, counts, color=BAND_COLOURS)
     axes[0].set_title("rows per band")
     axes[0].tick_params(axis="x", rotation=20)
-    bins = np.linspace(float(distance.min()), float(distance.max()) + 1e-9, 50)
+    drawn = False
     for code, label in enumerate(BAND_LABELS):
-        if counts[code]:
-            axes[1].hist(distance[band == code], bins=bins, alpha=0.6, label=label, color=BAND_COLOURS[code])
+        hist = hists.get(code)
+        if hist is not None and hist.any():
+            axes[1].hist(edges[:-1], bins=edges, weights=hist, alpha=0.6, label=label, color=BAND_COLOURS[code])
+            drawn = True
     axes[1].set_title("distance to prototype by band")
     axes[1].set_xlabel("d")
-    axes[1].legend()
+    if drawn:
+        axes[1].legend()
     if enrichment:
         names = list(enrichment)
         ratios = [enrichment[n]["ratio"] for n in names]

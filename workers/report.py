@@ -12,8 +12,25 @@ def label_enrichment(
     labels: NDArray[np.int64], keep: NDArray[np.bool_], names: Sequence[str]
 ) -> dict[str, dict[str, float]]:
     """Per label: its share of the dataset, its share of the subset, and their ratio (NaN if absent)."""
-    dataset = np.bincount(labels, minlength=len(names)) / max(len(labels), 1)
-    subset = np.bincount(labels[keep], minlength=len(names)) / max(int(keep.sum()), 1)
+    return enrichment_from_counts(
+        np.bincount(labels, minlength=len(names)),
+        len(labels),
+        np.bincount(labels[keep], minlength=len(names)),
+        int(keep.sum()),
+        names,
+    )
+
+
+def enrichment_from_counts(
+    dataset_counts: NDArray[np.int64],
+    dataset_rows: int,
+    subset_counts: NDArray[np.int64],
+    subset_rows: int,
+    names: Sequence[str],
+) -> dict[str, dict[str, float]]:
+    """``label_enrichment`` from per-label row counts (e.g. SQL aggregates; multi-label rows count once per label)."""
+    dataset = np.asarray(dataset_counts, dtype=np.float64) / max(dataset_rows, 1)
+    subset = np.asarray(subset_counts, dtype=np.float64) / max(subset_rows, 1)
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(dataset > 0, subset / dataset, np.nan)
     return {

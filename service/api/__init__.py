@@ -2,9 +2,11 @@
 
 from fastapi import APIRouter
 
-from . import health, manifests, runs
+from . import admin, datasets, health, manifests, runs
 
 router = APIRouter()
 router.include_router(health.router)
+router.include_router(datasets.router)
 router.include_router(runs.router)
 router.include_router(manifests.router)
+router.include_router(admin.router)

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from ..arrays import check_embeddings, read_npy, read_npz
 from ..body import read_limited, spool_limited
 from ..bulk import foreign_ids, upsert_embeddings
-from ..deps import AdminDep, RunAccessDep, SessionDep, SettingsDep
+from ..deps import AdminDep, RunAccessDep, RunId, SampleId, SessionDep, SettingsDep, StepNo
 from ..errors import ApiError
 from ..leasing import claim, complete, held_by, next_lease_expiry, skip_sample
 from ..lifecycle import advance_if_epoch_done, curate_step, lock_run
@@ -42,7 +42,7 @@ def _manifest_out(session: Session, manifest: Manifest) -> ManifestOut:
         manifest_id=manifest.id,
         run_id=manifest.run_id,
         phase=manifest.phase,
-        epoch=manifest.epoch,  # type: ignore[arg-type]
+        epoch=manifest.epoch,
         step=manifest.step,
         items=_items(session, list(manifest.sample_ids)),
         expires_at=manifest.expires_at,
@@ -51,7 +51,7 @@ def _manifest_out(session: Session, manifest: Manifest) -> ManifestOut:
 
 @router.post("/manifests", response_model=ManifestOut)
 def next_manifest(
-    run_id: int,
+    run_id: RunId,
     session: SessionDep,
     settings: SettingsDep,
     _: RunAccessDep,
@@ -72,7 +72,7 @@ def next_manifest(
         phase=run.phase,
         epoch=run.epoch,
         step=None,
-        items=[],  # type: ignore[arg-type]
+        items=[],
         expires_at=None,
     )
     if run.phase == "done":
@@ -167,7 +167,7 @@ def _post_embeddings(session: Session, run_id: int, manifest_id: str, body: byte
     },
 )
 async def post_embeddings(
-    run_id: int, manifest_id: str, request: Request, session: SessionDep, settings: SettingsDep, _: RunAccessDep
+    run_id: RunId, manifest_id: str, request: Request, session: SessionDep, settings: SettingsDep, _: RunAccessDep
 ) -> dict[str, Any]:
     """The manifest's embeddings as one ``.npy`` (float16/float32, ``[n, D]``, rows in manifest order).
     Warm-up: stored. Curation: the curated batch (rows to keep, bands, prototype version). Idempotent."""
@@ -176,7 +176,7 @@ async def post_embeddings(
 
 
 @router.post("/manifests/{manifest_id}/ack", response_model=AckOut)
-def ack_manifest(run_id: int, manifest_id: str, session: SessionDep, _: RunAccessDep) -> dict[str, Any]:
+def ack_manifest(run_id: RunId, manifest_id: str, session: SessionDep, _: RunAccessDep) -> dict[str, Any]:
     """Acknowledge a subset-phase manifest (no embeddings needed). Idempotent."""
     run = lock_run(session, run_id)
     manifest, expected = _open_manifest(session, run, manifest_id)
@@ -195,7 +195,7 @@ def ack_manifest(run_id: int, manifest_id: str, session: SessionDep, _: RunAcces
 
 
 @router.get("/manifests/{manifest_id}")
-def get_manifest(run_id: int, manifest_id: str, session: SessionDep, _: RunAccessDep) -> dict[str, Any]:
+def get_manifest(run_id: RunId, manifest_id: str, session: SessionDep, _: RunAccessDep) -> dict[str, Any]:
     """Replay a manifest: its items in order and, once acknowledged, the stored answer."""
     manifest = session.get(Manifest, manifest_id)
     if manifest is None or manifest.run_id != run_id:
@@ -211,7 +211,7 @@ def get_manifest(run_id: int, manifest_id: str, session: SessionDep, _: RunAcces
 
 
 @router.get("/steps/{step}")
-def get_step(run_id: int, step: int, session: SessionDep, token: RunAccessDep) -> dict[str, Any]:
+def get_step(run_id: RunId, step: StepNo, session: SessionDep, token: RunAccessDep) -> dict[str, Any]:
     """Replay the manifest issued as ``step`` of the run."""
     manifest_id = session.scalar(select(Manifest.id).where(Manifest.run_id == run_id, Manifest.step == step))
     if manifest_id is None:
@@ -221,8 +221,8 @@ def get_step(run_id: int, step: int, session: SessionDep, token: RunAccessDep) -
 
 @router.post("/samples/{sample_id}/unreadable", status_code=204)
 def report_unreadable(
-    run_id: int,
-    sample_id: int,
+    run_id: RunId,
+    sample_id: SampleId,
     session: SessionDep,
     _: RunAccessDep,
     reason: Annotated[str, Body(embed=True, max_length=2000)] = "unreadable image",
@@ -267,7 +267,7 @@ def _bulk(session: Session, run_id: int, file: Any) -> BulkOut:
     },
 )
 async def bulk_embeddings(
-    run_id: int, request: Request, session: SessionDep, settings: SettingsDep, _: AdminDep
+    run_id: RunId, request: Request, session: SessionDep, settings: SettingsDep, _: AdminDep
 ) -> BulkOut:
     """Bulk upload for offline mode: an ``.npz`` with ``sample_id`` (int64) and ``embedding`` ``[n, D]``.
     Streamed to a spool file, validated whole, stored with COPY in one transaction; re-posting is idempotent."""

@@ -7,7 +7,7 @@ from sqlalchemy import select
 
 from workers.curation import CurationConfig
 
-from ..deps import AdminDep, RunAccessDep, SessionDep
+from ..deps import AdminDep, RunAccessDep, RunId, SessionDep
 from ..errors import ApiError
 from ..lifecycle import start
 from ..models import Dataset, Run
@@ -39,7 +39,7 @@ def list_runs(session: SessionDep, _: AdminDep) -> list[Run]:
 
 
 @router.get("/{run_id}", response_model=RunOut)
-def get_run(run_id: int, session: SessionDep, _: RunAccessDep) -> Run:
+def get_run(run_id: RunId, session: SessionDep, _: RunAccessDep) -> Run:
     run = session.get(Run, run_id)
     if run is None:
         raise ApiError(404, "unknown_run", f"run {run_id} does not exist")

@@ -1,0 +1,227 @@
+"""Datasets and ingest (SPEC §4), admin only. The logic lives in service.ingest; this maps it onto HTTP."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import anyio.from_thread
+from fastapi import APIRouter, Query, Request, status
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+
+from ..deps import AdminDep, SessionDep, SettingsDep
+from ..errors import ApiError
+from ..ingest import ingest_dicom_folder, ingest_rows, parse_body
+from ..ingest.dicom import ScanIssue
+from ..ingest.paths import PathRejected, check_root
+from ..ingest.rows import MalformedBody, body_format
+from ..models import Dataset, Sample
+from ..schemas.datasets import (
+    DatasetCreate,
+    DatasetOut,
+    DicomScanRequest,
+    DicomScanResult,
+    RowRejectionOut,
+    SampleOut,
+    SamplePage,
+    SampleStatus,
+    ScanIssueOut,
+    UploadResult,
+)
+
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+T = TypeVar("T")
+
+
+def _out(dataset: Dataset, samples: int) -> DatasetOut:
+    return DatasetOut(
+        id=dataset.id, name=dataset.name, root=dataset.root, created_at=dataset.created_at, samples=samples
+    )
+
+
+def _accepted_counts(session: Session, ids: list[int]) -> dict[int, int]:
+    rows = session.execute(
+        select(Sample.dataset_id, func.count())
+        .where(Sample.dataset_id.in_(ids), Sample.status == "accepted")
+        .group_by(Sample.dataset_id)
+    )
+    return {dataset_id: count for dataset_id, count in rows.all()}
+
+
+def _dataset(session: Session, dataset_id: int) -> Dataset:
+    dataset = session.get(Dataset, dataset_id)
+    if dataset is None:
+        raise ApiError(404, "unknown_dataset", f"dataset {dataset_id} does not exist")
+    return dataset
+
+
+def _in_transaction(session: Session, work: Callable[[], T]) -> T:
+    """Run ``work`` and commit, or roll back everything it wrote on any error (nothing half-written)."""
+    try:
+        result = work()
+        session.commit()
+        return result
+    except BaseException:
+        session.rollback()
+        raise
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=DatasetOut)
+def create_dataset(body: DatasetCreate, session: SessionDep, _: AdminDep) -> DatasetOut:
+    """Register a dataset; ``root`` must be an existing absolute directory on the server."""
+    try:
+        root = check_root(body.root)
+    except PathRejected as exc:
+        raise ApiError(422, "invalid_root", exc.reason, root=body.root) from exc
+    if session.scalar(select(Dataset.id).where(Dataset.name == body.name)) is not None:
+        raise ApiError(409, "dataset_exists", f"a dataset named {body.name!r} already exists", name=body.name)
+    dataset = Dataset(name=body.name, root=root)
+    session.add(dataset)
+    try:
+        session.commit()
+    except IntegrityError as exc:  # a concurrent create of the same name won the race
+        session.rollback()
+        raise ApiError(409, "dataset_exists", f"a dataset named {body.name!r} already exists", name=body.name) from exc
+    return _out(dataset, 0)
+
+
+@router.get("", response_model=list[DatasetOut])
+def list_datasets(session: SessionDep, _: AdminDep) -> list[DatasetOut]:
+    datasets = list(session.scalars(select(Dataset).order_by(Dataset.id)))
+    counts = _accepted_counts(session, [d.id for d in datasets])
+    return [_out(d, counts.get(d.id, 0)) for d in datasets]
+
+
+@router.get("/{dataset_id}", response_model=DatasetOut)
+def get_dataset(dataset_id: int, session: SessionDep, _: AdminDep) -> DatasetOut:
+    dataset = _dataset(session, dataset_id)
+    return _out(dataset, _accepted_counts(session, [dataset_id]).get(dataset_id, 0))
+
+
+def _body_chunks(request: Request, limit: int) -> Iterator[bytes]:
+    """The request body, pulled chunk by chunk from the event loop into this worker thread, never whole.
+
+    Over ``limit`` bytes raises 413 mid-stream; the caller's rollback then undoes any batch already written.
+    """
+    stream: AsyncIterator[bytes] = request.stream()
+
+    async def next_chunk() -> bytes:
+        return await stream.__anext__()
+
+    size = 0
+    while True:
+        try:
+            chunk = anyio.from_thread.run(next_chunk)
+        except StopAsyncIteration:
+            return
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, "body_too_large", f"body exceeds the limit of {limit} bytes", limit=limit)
+        yield chunk
+
+
+@router.post(
+    "/{dataset_id}/samples",
+    response_model=UploadResult,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "text/csv": {"schema": {"type": "string"}},
+                "application/x-ndjson": {"schema": {"type": "string"}},
+            },
+        }
+    },
+)
+async def upload_samples(
+    dataset_id: int,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    _: AdminDep,
+    synthesize_reports: bool = False,
+) -> UploadResult:
+    """Upsert samples from a CSV or JSONL body (external_id, image, report, labels, other fields -> meta).
+
+    Rows are checked and written as the body streams in, in one transaction committed at the end: a
+    malformed body (400) or an oversized one (413) leaves the dataset as it was.
+    """
+    try:
+        fmt = body_format(request.headers.get("content-type"))
+    except ValueError as exc:
+        raise ApiError(415, "unsupported_media_type", str(exc)) from exc
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > settings.max_body_bytes:
+        limit = settings.max_body_bytes
+        raise ApiError(
+            413, "body_too_large", f"body of {declared} bytes exceeds the limit of {limit} bytes", limit=limit
+        )
+
+    def work() -> UploadResult:
+        root = Path(_dataset(session, dataset_id).root)
+        rows = parse_body(_body_chunks(request, settings.max_body_bytes), fmt)
+        try:
+            outcome = ingest_rows(session, dataset_id, root, rows, synthesize_reports)
+        except MalformedBody as exc:
+            raise ApiError(400, "malformed_body", str(exc), line=exc.line) from exc
+        return UploadResult(
+            accepted=outcome.counts.accepted,
+            updated=outcome.counts.updated,
+            unchanged=outcome.counts.unchanged,
+            rejected=[
+                RowRejectionOut(line=r.line, external_id=r.external_id, reason=r.reason) for r in outcome.rejected
+            ],
+        )
+
+    return await run_in_threadpool(_in_transaction, session, work)
+
+
+def _issue(issue: ScanIssue) -> ScanIssueOut:
+    return ScanIssueOut(path=issue.path, external_id=issue.external_id, reason=issue.reason)
+
+
+@router.post("/{dataset_id}/dicom-scan", response_model=DicomScanResult)
+def dicom_scan(dataset_id: int, body: DicomScanRequest, session: SessionDep, _: AdminDep) -> DicomScanResult:
+    """Scan a DICOM folder under the root (CR/DX only, optional view filter), reports from a sidecar."""
+    root = Path(_dataset(session, dataset_id).root)
+
+    def work() -> DicomScanResult:
+        try:
+            outcome = ingest_dicom_folder(
+                session, dataset_id, root, body.folder, body.view_positions, body.reports, body.synthesize_reports
+            )
+        except PathRejected as exc:
+            raise ApiError(422, "invalid_path", exc.reason) from exc
+        except MalformedBody as exc:
+            raise ApiError(400, "malformed_sidecar", f"reports sidecar {body.reports}: {exc}", line=exc.line) from exc
+        return DicomScanResult(
+            files=outcome.files,
+            accepted=outcome.counts.accepted,
+            updated=outcome.counts.updated,
+            unchanged=outcome.counts.unchanged,
+            skipped=[_issue(i) for i in outcome.skipped],
+            problems=[_issue(i) for i in outcome.problems],
+        )
+
+    return _in_transaction(session, work)
+
+
+@router.get("/{dataset_id}/samples", response_model=SamplePage)
+def list_samples(
+    dataset_id: int,
+    session: SessionDep,
+    _: AdminDep,
+    status: SampleStatus | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> SamplePage:
+    """Samples in id order, optionally of one status; ``total`` counts all that match."""
+    _dataset(session, dataset_id)
+    where = [Sample.dataset_id == dataset_id] + ([Sample.status == status] if status else [])
+    total = session.scalar(select(func.count()).select_from(Sample).where(*where)) or 0
+    items = session.scalars(select(Sample).where(*where).order_by(Sample.id).limit(limit).offset(offset))
+    return SamplePage(items=[SampleOut.model_validate(s) for s in items], total=total, limit=limit, offset=offset)

@@ -1,0 +1,147 @@
+"""Ingest (SPEC §4): CSV / JSONL manifests and DICOM folders into samples.
+
+The pure parts live in ``rows`` (parsing), ``reports`` (hygiene, templates), ``paths`` (path safety,
+image checks) and ``dicom`` (folder scan); ``store`` upserts. This module strings them together. The
+caller owns the transaction: it commits after a whole upload was read, or rolls back, so a malformed
+or oversized body writes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy.orm import Session
+
+from .dicom import ScanIssue, Sidecar, load_sidecar, scan_folder
+from .paths import read_image
+from .reports import resolve_report
+from .rows import RawRow, RowRejected, decoded_lines, iter_csv, iter_jsonl, row_input
+from .store import SampleIn, SampleWriter, UpsertCounts
+
+DUPLICATE = "duplicate external_id in upload"
+NO_SIDECAR_ENTRY = "no report: neither its SOP instance uid nor its study uid is in the reports sidecar"
+
+
+@dataclass(frozen=True, slots=True)
+class RowRejection:
+    line: int
+    external_id: str | None
+    reason: str
+
+
+@dataclass
+class UploadOutcome:
+    counts: UpsertCounts
+    rejected: list[RowRejection] = field(default_factory=list)
+
+
+@dataclass
+class ScanOutcome:
+    files: int
+    counts: UpsertCounts
+    problems: list[ScanIssue] = field(default_factory=list)
+    skipped: list[ScanIssue] = field(default_factory=list)
+
+
+def parse_body(chunks: Iterable[bytes], fmt: str) -> Iterator[RawRow]:
+    lines = decoded_lines(chunks)
+    return iter_csv(lines) if fmt == "csv" else iter_jsonl(lines)
+
+
+def check_row(root: Path, raw: RawRow, synthesize: bool) -> SampleIn:
+    """A row that passes every check, or RowRejected with the first reason (cheap checks first)."""
+    row = row_input(raw)
+    report, synthetic = resolve_report(row.report, row.labels, synthesize)
+    image = read_image(root, row.image)
+    return SampleIn(
+        external_id=row.external_id,
+        image_uri=image.uri,
+        report=report,
+        report_synthetic=synthetic,
+        labels=row.labels or [],
+        meta=row.meta,
+        content_hash=image.sha256,
+    )
+
+
+def _peek_id(raw: RawRow) -> str | None:
+    """The row's id as row_input will read it, known even when the row is refused for another reason."""
+    value = raw.fields.get("external_id")
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        return None
+    return str(value).strip() or None
+
+
+def ingest_rows(
+    session: Session, dataset_id: int, root: Path, rows: Iterable[RawRow], synthesize: bool
+) -> UploadOutcome:
+    """Check and upsert rows as they stream in; MalformedBody from ``rows`` propagates (caller rolls back)."""
+    writer = SampleWriter(session, dataset_id)
+    seen: set[str] = set()
+    rejected: list[RowRejection] = []
+    for raw in rows:
+        external_id = _peek_id(raw)
+        try:
+            # The first row with an id wins; later ones are refused even if the first was refused too,
+            # since which of them the client meant is unknowable.
+            if external_id is not None and external_id in seen:
+                raise RowRejected(DUPLICATE)
+            if external_id is not None:
+                seen.add(external_id)
+            writer.add(check_row(root, raw, synthesize))
+        except RowRejected as exc:
+            rejected.append(RowRejection(raw.line, external_id, exc.reason))
+    writer.flush()
+    return UploadOutcome(writer.counts, rejected)
+
+
+def ingest_dicom_folder(
+    session: Session,
+    dataset_id: int,
+    root: Path,
+    folder: str,
+    view_positions: list[str] | None,
+    reports: str | None,
+    synthesize: bool,
+) -> ScanOutcome:
+    """Scan ``folder`` and upsert its usable images with their sidecar reports.
+
+    The sidecar is read first: a malformed one (MalformedBody) or a bad path (PathRejected) fails the
+    request before the long scan, and nothing is written.
+    """
+    sidecar = load_sidecar(root, reports) if reports else Sidecar()
+    scan = scan_folder(root, folder, view_positions)
+    writer = SampleWriter(session, dataset_id)
+    seen: set[str] = set()
+    problems = list(scan.problems)
+    for found in scan.files:
+        header = found.header
+        entry = sidecar.lookup(header)
+        try:
+            if header.sop_uid in seen:
+                raise RowRejected(DUPLICATE)
+            seen.add(header.sop_uid)
+            if entry is None:
+                raise RowRejected(NO_SIDECAR_ENTRY if reports else "no report (no reports sidecar given)")
+            labels = entry.labels
+            report, synthetic = resolve_report(entry.report, labels, synthesize)
+        except RowRejected as exc:
+            problems.append(ScanIssue(found.uri, exc.reason, header.sop_uid))
+            continue
+        writer.add(
+            SampleIn(
+                external_id=header.sop_uid,
+                image_uri=found.uri,
+                report=report,
+                report_synthetic=synthetic,
+                labels=labels or [],
+                meta=header.meta(),
+                content_hash=found.sha256,
+                study_uid=header.study_uid,
+                sop_uid=header.sop_uid,
+            )
+        )
+    writer.flush()
+    return ScanOutcome(scan.seen, writer.counts, problems, scan.skipped)
