@@ -149,7 +149,8 @@ def main() -> None:
             "(psycopg, one connection, the binary payload prebuilt with numpy so only the database is timed), "
             f"same run. {args.rows:,} x {args.dim} float16 rows ({mb:.0f} MB .npz); the HTTP "
             "path is a real uvicorn process on loopback: upload, spool, validation (shape, finiteness, duplicate and "
-            "foreign ids), binary COPY (straight into the table on a first upload; through a staging table and an upsert when rows already exist, so re-posting is idempotent). Medians of "
+            "foreign ids), binary COPY (straight into the table on a first upload; through a staging table and an "
+            "upsert when rows already exist, so re-posting is idempotent). Medians of "
             f"{args.repeats} alternating repeats.",
             "",
             "| path | seconds | rows/s | ratio to COPY | P3 |",
