@@ -41,6 +41,40 @@ def serve(
     uvicorn.run("service.main:create_app", factory=True, host=host, port=port, workers=workers)
 
 
+@app.command()
+def worker(
+    queues: Annotated[str, typer.Option(help="comma-separated queues: curation (batches), refresh (heavy)")] = (
+        "curation,refresh"
+    ),
+    pool: Annotated[str, typer.Option(help="solo (one process per GPU), threads or prefork")] = "solo",
+    concurrency: Annotated[int, typer.Option(min=1)] = 1,
+    loglevel: Annotated[str, typer.Option()] = "info",
+) -> None:
+    """Run a Celery worker (needs CHEX_BROKER_URL). On a GPU node run one solo worker per device."""
+    from service.config import get_settings
+
+    if not get_settings().broker_url:
+        raise _fail("CHEX_BROKER_URL is not set: without a broker the API runs tasks itself, no worker needed")
+    from workers.celery_app import app as celery_app
+
+    celery_app.worker_main(
+        [
+            "worker",
+            "-Q",
+            queues,
+            "--pool",
+            pool,
+            "--concurrency",
+            str(concurrency),
+            "--loglevel",
+            loglevel,
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ]
+    )
+
+
 @db_app.command("upgrade")
 def db_upgrade(revision: Annotated[str, typer.Argument(help="target revision")] = "head") -> None:
     """Apply the migrations to CHEX_DATABASE_URL."""

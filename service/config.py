@@ -15,6 +15,14 @@ class Settings(BaseSettings):
     database_url: str = "sqlite:///./chexcurate.db"
     #: Celery broker; unset means tasks run eagerly in the API process (embedded mode)
     broker_url: str | None = None
+    #: where task results go; defaults to the broker (Redis)
+    result_backend: str | None = None
+    #: how long the API waits for a curated batch before answering 503 + Retry-After (the task goes on)
+    curation_wait_seconds: float = Field(30.0, gt=0)
+    #: broker redelivery of unacknowledged tasks; above the slowest k-means so no task is run twice while alive
+    visibility_timeout_seconds: int = Field(3600, ge=60)
+    #: a requested prototype initialisation not done after this long is requested again (re-driven from Postgres)
+    init_redrive_seconds: int = Field(120, ge=1)
     #: largest accepted request body (embeddings, ingest files), bytes
     max_body_bytes: int = Field(512 * 1024 * 1024, ge=1024)
     #: how long a leased manifest stays with its trainer before it is handed out again

@@ -11,11 +11,16 @@ from sqlalchemy.orm import Session
 from .auth import authenticate, require_admin, require_run_access
 from .config import Settings
 from .db import session_scope
+from .dispatch import Dispatcher
 from .models import Token
 
 
 def get_settings(request: Request) -> Settings:
     return request.app.state.settings
+
+
+def get_dispatcher(request: Request) -> Dispatcher:
+    return request.app.state.dispatcher
 
 
 def get_session(request: Request) -> Iterator[Session]:
@@ -30,6 +35,7 @@ StepNo = Annotated[int, Path(ge=1, le=2**31 - 1, description="the manifest's iss
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_session)]
+DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
 
 
 def current_token(session: SessionDep, authorization: Annotated[str | None, Header()] = None) -> Token:

@@ -7,6 +7,7 @@ Callers hold the run row lock (``lock_run``), so phase changes and prototype ver
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -14,7 +15,7 @@ from numpy.typing import NDArray
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from workers.curation import BAND_LABELS, CurationConfig, init_prototypes, select_batch, update_prototypes
+from workers.curation import BAND_LABELS, Backend, CurationConfig, init_prototypes, select_batch, update_prototypes
 
 from .arrays import unit_rows
 from .bulk import insert_decisions
@@ -58,12 +59,23 @@ def subset_ids(session: Session, run: Run) -> NDArray[np.int64]:
     return np.fromiter(kept, dtype=np.int64)
 
 
-def advance_if_epoch_done(session: Session, run: Run) -> None:
-    """Move to the next epoch (or phase) once every row of the current epoch is done."""
+#: (run, version) -> prototypes, so a worker loads a version from the database only when it changed
+PrototypeCache = dict[tuple[int, int], NDArray[np.float32]]
+
+
+def advance_if_epoch_done(session: Session, run: Run, defer_init: Callable[[Run], None] | None = None) -> None:
+    """Move to the next epoch (or phase) once every row of the current epoch is done.
+
+    After warm-up the prototypes are initialised by k-means: inline, or, with ``defer_init``, by a worker
+    task that calls this again once version 1 exists.
+    """
     while run.phase != "done" and remaining(session, run.id, run.epoch) == 0:
         config = run_config(run)
-        if run.phase == "warmup":
-            _init_prototypes(session, run, config)
+        if run.phase == "warmup" and run.prototype_version == 0:
+            if defer_init is not None:
+                defer_init(run)
+                return
+            init_warmup_prototypes(session, run)
         next_epoch = run.epoch + 1
         if next_epoch <= config.curation_epochs:
             run.phase, pool = "curation", accepted_samples(session, run.dataset_id)
@@ -77,7 +89,9 @@ def advance_if_epoch_done(session: Session, run: Run) -> None:
         materialise_epoch(session, run.id, run.seed, next_epoch, pool)
 
 
-def _init_prototypes(session: Session, run: Run, config: CurationConfig) -> None:
+def init_warmup_prototypes(session: Session, run: Run) -> None:
+    """Prototypes version 1: k-means over the warm-up epoch's stored embeddings."""
+    config = run_config(run)
     rows = session.execute(
         select(Embedding.dim, Embedding.vector)
         .join(EpochItem, (EpochItem.sample_id == Embedding.sample_id) & (EpochItem.run_id == Embedding.run_id))
@@ -102,22 +116,42 @@ def _init_prototypes(session: Session, run: Run, config: CurationConfig) -> None
     run.prototype_version = 1
 
 
-def current_prototypes(session: Session, run: Run) -> NDArray[np.float32]:
-    version = session.get(PrototypeVersion, (run.id, run.prototype_version))
+def current_prototypes(session: Session, run: Run, cache: PrototypeCache | None = None) -> NDArray[np.float32]:
+    key = (run.id, run.prototype_version)
+    if cache is not None and key in cache:
+        return cache[key]
+    version = session.get(PrototypeVersion, key)
     if version is None:
         raise ApiError(409, "no_prototypes", f"run {run.id} has no prototypes yet (phase {run.phase})")
-    return np.frombuffer(version.vectors, dtype=np.float32).reshape(version.k, version.dim)
+    protos = np.frombuffer(version.vectors, dtype=np.float32).reshape(version.k, version.dim)
+    _remember(cache, run.id, run.prototype_version, protos)
+    return protos
 
 
-def curate_step(session: Session, run: Run, manifest: Manifest, embeddings: NDArray) -> dict[str, Any]:
+def _remember(cache: PrototypeCache | None, run_id: int, version: int, protos: NDArray[np.float32]) -> None:
+    if cache is None:
+        return
+    for key in [key for key in cache if key[0] == run_id]:
+        del cache[key]  # versions only move forward: an older one is never asked for again
+    cache[(run_id, version)] = protos
+
+
+def curate_step(
+    session: Session,
+    run: Run,
+    manifest: Manifest,
+    embeddings: NDArray,
+    cache: PrototypeCache | None = None,
+    backend: Backend | None = None,
+) -> dict[str, Any]:
     """Select on the manifest's super-batch, apply the Sinkhorn EMA, persist decisions and the new version."""
     config = run_config(run)
-    protos = current_prototypes(session, run)
+    protos = current_prototypes(session, run, cache)
     if embeddings.shape[1] != protos.shape[1]:
         raise ApiError(422, "bad_width", f"embeddings have width {embeddings.shape[1]}, prototypes {protos.shape[1]}")
     features = unit_rows(embeddings)
-    selection = select_batch(features, protos, config, seed=(run.seed, manifest.epoch, manifest.step))
-    moved, usage = update_prototypes(protos, features[selection.keep], config)
+    selection = select_batch(features, protos, config, seed=(run.seed, manifest.epoch, manifest.step), backend=backend)
+    moved, usage = update_prototypes(protos, features[selection.keep], config, backend)
     used, new = run.prototype_version, run.prototype_version + 1
     run.step += 1
     session.add(
@@ -132,6 +166,7 @@ def curate_step(session: Session, run: Run, manifest: Manifest, embeddings: NDAr
         )
     )
     run.prototype_version = new
+    _remember(cache, run.id, new, moved)
     insert_decisions(
         session,
         [

@@ -7,6 +7,7 @@ from fastapi import FastAPI
 from .api import router
 from .config import Settings, get_settings
 from .db import make_engine, session_factory
+from .dispatch import Dispatcher
 from .errors import install_error_handlers
 from .metrics import install_metrics
 
@@ -21,6 +22,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.engine = make_engine(settings.database_url)
     app.state.sessions = session_factory(app.state.engine)
+    app.state.dispatcher = Dispatcher(settings)
     install_error_handlers(app, settings.retry_after_seconds)
     install_metrics(app)
     app.include_router(router)

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 
@@ -50,3 +51,37 @@ def uvicorn_server(env: dict[str, str], workers: int = 1, timeout: float = 30.0)
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@contextlib.contextmanager
+def celery_worker(env: dict[str, str], timeout: float = 60.0) -> Iterator[subprocess.Popen]:
+    """Start ``chexcurate worker`` with ``env`` added; yield the process once it reports ready."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "worker", "--loglevel", "info"],
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    ready = threading.Event()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if " ready." in line:
+                ready.set()
+
+    threading.Thread(target=pump, daemon=True).start()
+    try:
+        if not ready.wait(timeout):
+            raise TimeoutError("celery worker did not become ready:\n" + "".join(lines[-40:]))
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()

@@ -6,7 +6,6 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-import numpy as np
 from fastapi import APIRouter, Body, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import func, select
@@ -15,12 +14,13 @@ from sqlalchemy.orm import Session
 from ..arrays import check_embeddings, read_npy, read_npz
 from ..body import read_limited, spool_limited
 from ..bulk import foreign_ids, upsert_embeddings
-from ..deps import AdminDep, RunAccessDep, RunId, SampleId, SessionDep, SettingsDep, StepNo
+from ..deps import AdminDep, DispatcherDep, RunAccessDep, RunId, SampleId, SessionDep, SettingsDep, StepNo
 from ..errors import ApiError
-from ..leasing import claim, complete, held_by, next_lease_expiry, skip_sample
-from ..lifecycle import advance_if_epoch_done, curate_step, lock_run
-from ..models import Embedding, EpochItem, Manifest, Run, Sample
+from ..leasing import claim, complete, next_lease_expiry, skip_sample
+from ..lifecycle import advance_if_epoch_done, lock_run
+from ..models import Manifest, Run, Sample
 from ..schemas.runs import AckOut, BulkOut, CuratedBatch, ManifestItem, ManifestOut, ManifestRequest, StoredOut
+from ..steps import apply_embeddings, manifest_phase, open_manifest, run_width
 
 router = APIRouter(prefix="/v1/runs/{run_id}", tags=["manifests"])
 
@@ -54,6 +54,7 @@ def next_manifest(
     run_id: RunId,
     session: SessionDep,
     settings: SettingsDep,
+    dispatcher: DispatcherDep,
     _: RunAccessDep,
     size: Annotated[int | None, Query(ge=1, le=100_000, description="samples; default the run's batch_size")] = None,
     body: Annotated[ManifestRequest | None, Body()] = None,
@@ -64,7 +65,7 @@ def next_manifest(
     if body is not None:
         run.model_id = body.model_id or run.model_id
         run.checkpoint_step = body.checkpoint_step if body.checkpoint_step is not None else run.checkpoint_step
-    advance_if_epoch_done(session, run)
+    advance_if_epoch_done(session, run, dispatcher.defer_init)
     now = _now()
     empty = ManifestOut(
         manifest_id=None,
@@ -105,60 +106,6 @@ def next_manifest(
     return _manifest_out(session, manifest)
 
 
-def _open_manifest(session: Session, run: Run, manifest_id: str) -> tuple[Manifest, list[int]]:
-    """The manifest and the samples it still holds, in manifest order; 409 if its lease went to another trainer."""
-    manifest = session.get(Manifest, manifest_id)
-    if manifest is None or manifest.run_id != run.id:
-        raise ApiError(404, "unknown_manifest", f"manifest {manifest_id} does not belong to run {run.id}")
-    if manifest.acked_at is not None:
-        return manifest, []
-    held = set(held_by(session, run.id, manifest.epoch, manifest.id))
-    taken = session.scalar(
-        select(func.count()).where(
-            EpochItem.run_id == run.id,
-            EpochItem.epoch == manifest.epoch,
-            EpochItem.sample_id.in_(manifest.sample_ids),
-            EpochItem.manifest_id != manifest.id,
-        )
-    )
-    if taken:
-        raise ApiError(
-            409,
-            "lease_expired",
-            f"manifest {manifest_id} expired and {taken} of its samples were "
-            "handed out again; drop this batch and ask for a new manifest",
-        )
-    return manifest, [s for s in manifest.sample_ids if s in held]
-
-
-def _run_width(session: Session, run_id: int) -> int | None:
-    return session.scalar(select(Embedding.dim).where(Embedding.run_id == run_id).limit(1))
-
-
-def _post_embeddings(session: Session, run_id: int, manifest_id: str, body: bytes) -> dict[str, Any]:
-    arr = read_npy(body)
-    run = lock_run(session, run_id)
-    manifest, expected = _open_manifest(session, run, manifest_id)
-    if manifest.acked_at is not None:
-        return dict(manifest.result or {})  # a retry: the stored answer, the EMA is not applied twice
-    if manifest.phase == "subset":
-        raise ApiError(409, "wrong_phase", "subset-phase manifests take no embeddings: POST .../ack instead")
-    check_embeddings(arr, len(expected), _run_width(session, run.id), "embeddings")
-    upsert_embeddings(session, run.id, np.asarray(expected, dtype=np.int64), arr, manifest.step)
-    if manifest.phase == "warmup":
-        result: dict[str, Any] = StoredOut(
-            manifest_id=manifest.id, phase="warmup", epoch=manifest.epoch, step=manifest.step, stored=len(expected)
-        ).model_dump()
-    else:
-        manifest.sample_ids = expected
-        result = curate_step(session, run, manifest, arr)
-    complete(session, run.id, manifest.epoch, manifest.id)
-    manifest.acked_at, manifest.result = _now(), result
-    advance_if_epoch_done(session, run)
-    session.commit()
-    return result
-
-
 @router.post(
     "/manifests/{manifest_id}/embeddings",
     response_model=CuratedBatch | StoredOut,
@@ -167,19 +114,35 @@ def _post_embeddings(session: Session, run_id: int, manifest_id: str, body: byte
     },
 )
 async def post_embeddings(
-    run_id: RunId, manifest_id: str, request: Request, session: SessionDep, settings: SettingsDep, _: RunAccessDep
+    run_id: RunId,
+    manifest_id: str,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    dispatcher: DispatcherDep,
+    _: RunAccessDep,
 ) -> dict[str, Any]:
     """The manifest's embeddings as one ``.npy`` (float16/float32, ``[n, D]``, rows in manifest order).
-    Warm-up: stored. Curation: the curated batch (rows to keep, bands, prototype version). Idempotent."""
+    Warm-up: stored. Curation: the curated batch (rows to keep, bands, prototype version), computed by a
+    worker when one is configured; if none answers in time, 503 + Retry-After. Idempotent."""
     body = await read_limited(request, settings.max_body_bytes)
-    return await run_in_threadpool(_post_embeddings, session, run_id, manifest_id, body)
+    arr = read_npy(body)
+    phase, stored = await run_in_threadpool(manifest_phase, session, run_id, manifest_id)
+    if stored is not None:
+        return stored
+    if phase == "curation" and not dispatcher.eager:
+        session.close()  # do not hold a pooled connection while waiting for the worker
+        return await run_in_threadpool(dispatcher.curate, run_id, manifest_id, body)
+    return await run_in_threadpool(apply_embeddings, session, run_id, manifest_id, arr, None, dispatcher.defer_init)
 
 
 @router.post("/manifests/{manifest_id}/ack", response_model=AckOut)
-def ack_manifest(run_id: RunId, manifest_id: str, session: SessionDep, _: RunAccessDep) -> dict[str, Any]:
+def ack_manifest(
+    run_id: RunId, manifest_id: str, session: SessionDep, dispatcher: DispatcherDep, _: RunAccessDep
+) -> dict[str, Any]:
     """Acknowledge a subset-phase manifest (no embeddings needed). Idempotent."""
     run = lock_run(session, run_id)
-    manifest, expected = _open_manifest(session, run, manifest_id)
+    manifest = open_manifest(session, run, manifest_id)[0]
     if manifest.acked_at is not None:
         return dict(manifest.result or {})
     if manifest.phase != "subset":
@@ -189,7 +152,7 @@ def ack_manifest(run_id: RunId, manifest_id: str, session: SessionDep, _: RunAcc
         manifest_id=manifest.id, phase="subset", epoch=manifest.epoch, step=manifest.step, acknowledged=done
     ).model_dump()
     manifest.acked_at, manifest.result = _now(), result
-    advance_if_epoch_done(session, run)
+    advance_if_epoch_done(session, run, dispatcher.defer_init)
     session.commit()
     return result
 
@@ -224,6 +187,7 @@ def report_unreadable(
     run_id: RunId,
     sample_id: SampleId,
     session: SessionDep,
+    dispatcher: DispatcherDep,
     _: RunAccessDep,
     reason: Annotated[str, Body(embed=True, max_length=2000)] = "unreadable image",
 ) -> None:
@@ -234,7 +198,7 @@ def report_unreadable(
         raise ApiError(404, "unknown_sample", f"sample {sample_id} is not in run {run_id}'s dataset")
     sample.status, sample.rejection_reason = "unreadable", reason
     skip_sample(session, run.id, sample_id)
-    advance_if_epoch_done(session, run)
+    advance_if_epoch_done(session, run, dispatcher.defer_init)
     session.commit()
 
 
@@ -244,7 +208,7 @@ def _bulk(session: Session, run_id: int, file: Any) -> BulkOut:
     run = session.get(Run, run_id)
     if run is None:
         raise ApiError(404, "unknown_run", f"run {run_id} does not exist")
-    width = _run_width(session, run.id)
+    width = run_width(session, run.id)
     check_embeddings(emb, None, width, "embedding")
     missing = foreign_ids(session, run.dataset_id, ids)
     if missing:

@@ -1,0 +1,81 @@
+"""Handing work to the Celery workers (or doing it in-process in the embedded mode, with no broker)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from celery.exceptions import TimeoutError as CeleryTimeout
+from kombu.exceptions import OperationalError as BrokerDown
+
+from .config import Settings
+from .errors import ApiError, ServiceUnavailable
+from .models import Run
+
+
+class Dispatcher:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.celery = None
+        self.redis = None
+        if settings.broker_url:
+            import redis
+
+            from workers.celery_app import make_celery
+
+            self.celery = make_celery(settings)
+            self.redis = redis.Redis.from_url(settings.broker_url, socket_timeout=5)
+
+    @property
+    def eager(self) -> bool:
+        return self.celery is None
+
+    @property
+    def defer_init(self) -> Callable[[Run], None] | None:
+        """With workers: ask one for the post-warm-up k-means, again if an earlier request looks lost."""
+        if self.celery is None:
+            return None
+        return self._request_init
+
+    def _request_init(self, run: Run) -> None:
+        from workers.celery_app import TASK_INIT_PROTOTYPES
+
+        requested = run.progress.get("init_requested_at")
+        now = time.time()
+        if requested is not None and now - float(requested) < self.settings.init_redrive_seconds:
+            return
+        run.progress = {**run.progress, "init_requested_at": now}  # a new dict: JSON columns track assignment
+        self._send(TASK_INIT_PROTOTYPES, [run.id])
+
+    def _send(self, name: str, args: list[Any]) -> Any:
+        assert self.celery is not None
+        try:
+            return self.celery.send_task(name, args=args)
+        except BrokerDown as exc:
+            raise ServiceUnavailable(f"the task broker cannot be reached ({exc})") from exc
+
+    def curate(self, run_id: int, manifest_id: str, body: bytes) -> dict[str, Any]:
+        """Hand the embeddings over in Redis, queue the curated-batch task and wait a bounded time for it."""
+        from workers.celery_app import TASK_CURATE
+
+        assert self.redis is not None
+        key = f"chex:embeddings:{manifest_id}:{uuid.uuid4().hex}"
+        try:
+            self.redis.set(key, body, ex=max(600, int(self.settings.curation_wait_seconds * 4)))
+        except Exception as exc:  # redis.ConnectionError and timeouts alike
+            raise ServiceUnavailable(f"the broker cannot be reached ({type(exc).__name__})") from exc
+        pending = self._send(TASK_CURATE, [run_id, manifest_id, key])
+        try:
+            result: dict[str, Any] = pending.get(timeout=self.settings.curation_wait_seconds)
+        except CeleryTimeout as exc:
+            raise ServiceUnavailable(
+                f"no curation worker answered within {self.settings.curation_wait_seconds:g} s; the batch stays "
+                "queued: post the same embeddings again to get its answer"
+            ) from exc
+        except Exception as exc:  # result backend down
+            raise ServiceUnavailable(f"waiting for the curation worker failed ({type(exc).__name__})") from exc
+        if "error" in result:
+            raise ApiError(int(result.pop("status")), str(result.pop("error")), str(result.pop("detail")), **result)
+        return result

@@ -1,0 +1,98 @@
+"""Applying a manifest's embeddings: shared by the API (embedded mode, warm-up) and the Celery worker.
+
+The run row lock taken first serialises every step of a run, whichever process or worker applies it, so
+prototype versions form one strictly increasing sequence and a retried manifest is answered from storage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from workers.curation import Backend
+
+from .arrays import check_embeddings
+from .bulk import upsert_embeddings
+from .errors import ApiError
+from .leasing import complete, held_by
+from .lifecycle import PrototypeCache, advance_if_epoch_done, curate_step, lock_run
+from .models import Embedding, EpochItem, Manifest, Run
+from .schemas.runs import StoredOut
+
+
+def open_manifest(session: Session, run: Run, manifest_id: str) -> tuple[Manifest, list[int]]:
+    """The manifest and the samples it still holds, in manifest order; 409 if its lease went to another trainer."""
+    manifest = session.get(Manifest, manifest_id)
+    if manifest is None or manifest.run_id != run.id:
+        raise ApiError(404, "unknown_manifest", f"manifest {manifest_id} does not belong to run {run.id}")
+    if manifest.acked_at is not None:
+        return manifest, []
+    held = set(held_by(session, run.id, manifest.epoch, manifest.id))
+    taken = session.scalar(
+        select(func.count()).where(
+            EpochItem.run_id == run.id,
+            EpochItem.epoch == manifest.epoch,
+            EpochItem.sample_id.in_(manifest.sample_ids),
+            EpochItem.manifest_id != manifest.id,
+        )
+    )
+    if taken:
+        raise ApiError(
+            409,
+            "lease_expired",
+            f"manifest {manifest_id} expired and {taken} of its samples were "
+            "handed out again; drop this batch and ask for a new manifest",
+        )
+    return manifest, [s for s in manifest.sample_ids if s in held]
+
+
+def run_width(session: Session, run_id: int) -> int | None:
+    return session.scalar(select(Embedding.dim).where(Embedding.run_id == run_id).limit(1))
+
+
+def apply_embeddings(
+    session: Session,
+    run_id: int,
+    manifest_id: str,
+    arr: NDArray,
+    cache: PrototypeCache | None = None,
+    defer_init: Callable[[Run], None] | None = None,
+    backend: Backend | None = None,
+) -> dict[str, Any]:
+    """Store the embeddings; in curation also select, update the prototypes and record the decisions.
+    Commits, and returns the answer (stored with the manifest, so a retry gets it verbatim)."""
+    run = lock_run(session, run_id)
+    manifest, expected = open_manifest(session, run, manifest_id)
+    if manifest.acked_at is not None:
+        session.rollback()
+        return dict(manifest.result or {})  # a retry: the stored answer, the EMA is not applied twice
+    if manifest.phase == "subset":
+        raise ApiError(409, "wrong_phase", "subset-phase manifests take no embeddings: POST .../ack instead")
+    check_embeddings(arr, len(expected), run_width(session, run.id), "embeddings")
+    upsert_embeddings(session, run.id, np.asarray(expected, dtype=np.int64), arr, manifest.step)
+    if manifest.phase == "warmup":
+        result: dict[str, Any] = StoredOut(
+            manifest_id=manifest.id, phase="warmup", epoch=manifest.epoch, step=manifest.step, stored=len(expected)
+        ).model_dump()
+    else:
+        manifest.sample_ids = expected
+        result = curate_step(session, run, manifest, arr, cache, backend)
+    complete(session, run.id, manifest.epoch, manifest.id)
+    manifest.acked_at, manifest.result = datetime.now(UTC), result
+    advance_if_epoch_done(session, run, defer_init)
+    session.commit()
+    return result
+
+
+def manifest_phase(session: Session, run_id: int, manifest_id: str) -> tuple[str, dict[str, Any] | None]:
+    """Phase of a manifest and its stored answer once acknowledged, without locking (for routing a post)."""
+    manifest = session.get(Manifest, manifest_id)
+    if manifest is None or manifest.run_id != run_id:
+        raise ApiError(404, "unknown_manifest", f"manifest {manifest_id} does not belong to run {run_id}")
+    return manifest.phase, (dict(manifest.result or {}) if manifest.acked_at is not None else None)
