@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 
 import numpy as np
 from numpy.typing import NDArray
-from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy import and_, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from .bulk import copy_rows, is_postgres
@@ -38,50 +38,48 @@ def materialise_epoch(session: Session, run_id: int, seed: int, epoch: int, samp
 def claim(
     session: Session, run_id: int, epoch: int, size: int, manifest_id: str, now: datetime, lease_seconds: int
 ) -> list[int]:
-    """Lease the next ``size`` claimable rows of the epoch to ``manifest_id``; their sample ids in order."""
-    claimable = (
-        select(EpochItem.id)
-        .where(
-            EpochItem.run_id == run_id,
-            EpochItem.epoch == epoch,
-            or_(EpochItem.state == "pending", and_(EpochItem.state == "leased", EpochItem.lease_expires_at < now)),
+    """Lease the next ``size`` claimable rows of the epoch to ``manifest_id``; their sample ids in order.
+
+    Lapsed leases go first, then pending rows by position. Each is its own index range scan in position
+    order that stops after ``size`` rows (one OR-ed predicate would make Postgres sort the whole epoch).
+    """
+    lease = {"state": "leased", "lease_expires_at": now + timedelta(seconds=lease_seconds), "manifest_id": manifest_id}
+    taken: list[tuple[int, int]] = []
+    for condition in (
+        and_(EpochItem.state == "leased", EpochItem.lease_expires_at < now),
+        EpochItem.state == "pending",
+    ):
+        if len(taken) >= size:
+            break
+        claimable = (
+            select(EpochItem.id)
+            .where(EpochItem.run_id == run_id, EpochItem.epoch == epoch, condition)
+            .order_by(EpochItem.position)
+            .limit(size - len(taken))
+            .with_for_update(skip_locked=True)
         )
-        .order_by(EpochItem.position)
-        .limit(size)
-        .with_for_update(skip_locked=True)
-    )
-    leased = session.execute(
-        update(EpochItem)
-        .where(EpochItem.id.in_(claimable.scalar_subquery()))
-        .values(state="leased", lease_expires_at=now + timedelta(seconds=lease_seconds), manifest_id=manifest_id)
-        .returning(EpochItem.position, EpochItem.sample_id)
+        taken += session.execute(
+            update(EpochItem)
+            .where(EpochItem.id.in_(claimable.scalar_subquery()))
+            .values(**lease)
+            .returning(EpochItem.position, EpochItem.sample_id)
+        ).all()
+    return [sample_id for _, sample_id in sorted(taken)]
+
+
+def manifest_rows(session: Session, manifest_id: str) -> dict[int, str]:
+    """Sample id -> state of the rows still assigned to ``manifest_id`` (a lapsed, re-claimed lease moves
+    rows to another manifest; a skipped unreadable sample stays here as done)."""
+    rows = session.execute(
+        select(EpochItem.sample_id, EpochItem.state).where(EpochItem.manifest_id == manifest_id)
     ).all()
-    return [sample_id for _, sample_id in sorted(leased)]
+    return {sample_id: state for sample_id, state in rows}
 
 
-def held_by(session: Session, run_id: int, epoch: int, manifest_id: str) -> list[int]:
-    """Sample ids still leased to ``manifest_id`` (fewer than issued once a lease lapsed and was re-claimed)."""
-    return list(
-        session.scalars(
-            select(EpochItem.sample_id).where(
-                EpochItem.run_id == run_id,
-                EpochItem.epoch == epoch,
-                EpochItem.manifest_id == manifest_id,
-                EpochItem.state == "leased",
-            )
-        )
-    )
-
-
-def complete(session: Session, run_id: int, epoch: int, manifest_id: str) -> int:
+def complete(session: Session, manifest_id: str) -> int:
     result = session.execute(
         update(EpochItem)
-        .where(
-            EpochItem.run_id == run_id,
-            EpochItem.epoch == epoch,
-            EpochItem.manifest_id == manifest_id,
-            EpochItem.state == "leased",
-        )
+        .where(EpochItem.manifest_id == manifest_id, EpochItem.state == "leased")
         .values(state="done", lease_expires_at=None)
     )
     return int(result.rowcount)  # type: ignore[attr-defined]
@@ -96,12 +94,15 @@ def skip_sample(session: Session, run_id: int, sample_id: int) -> None:
     )
 
 
-def remaining(session: Session, run_id: int, epoch: int) -> int:
-    return int(
+def epoch_open(session: Session, run_id: int, epoch: int) -> bool:
+    """Whether any row of the epoch is not done yet (an index probe, not a count over the epoch)."""
+    return (
         session.scalar(
-            select(func.count()).where(EpochItem.run_id == run_id, EpochItem.epoch == epoch, EpochItem.state != "done")
+            select(EpochItem.id)
+            .where(EpochItem.run_id == run_id, EpochItem.epoch == epoch, EpochItem.state.in_(("pending", "leased")))
+            .limit(1)
         )
-        or 0
+        is not None
     )
 
 

@@ -20,7 +20,7 @@ from workers.curation import BAND_LABELS, Backend, CurationConfig, init_prototyp
 from .arrays import unit_rows
 from .bulk import insert_decisions
 from .errors import ApiError
-from .leasing import materialise_epoch, remaining
+from .leasing import epoch_open, materialise_epoch
 from .models import Decision, Embedding, EpochItem, Manifest, PrototypeVersion, Run, Sample
 
 
@@ -69,7 +69,7 @@ def advance_if_epoch_done(session: Session, run: Run, defer_init: Callable[[Run]
     After warm-up the prototypes are initialised by k-means: inline, or, with ``defer_init``, by a worker
     task that calls this again once version 1 exists.
     """
-    while run.phase != "done" and remaining(session, run.id, run.epoch) == 0:
+    while run.phase != "done" and not epoch_open(session, run.id, run.epoch):
         config = run_config(run)
         if run.phase == "warmup" and run.prototype_version == 0:
             if defer_init is not None:

@@ -92,6 +92,8 @@ class EpochItem(Base):
     __table_args__ = (
         UniqueConstraint("run_id", "epoch", "sample_id", name="uq_epoch_items_sample"),
         Index("ix_epoch_items_claim", "run_id", "epoch", "state", "position"),
+        # acknowledging a manifest finds its rows by manifest id: without this every step scans the epoch
+        Index("ix_epoch_items_manifest", "manifest_id"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from workers.curation import Backend
@@ -20,9 +20,9 @@ from workers.curation import Backend
 from .arrays import check_embeddings
 from .bulk import upsert_embeddings
 from .errors import ApiError
-from .leasing import complete, held_by
+from .leasing import complete, manifest_rows
 from .lifecycle import PrototypeCache, advance_if_epoch_done, curate_step, lock_run
-from .models import Embedding, EpochItem, Manifest, Run
+from .models import Embedding, Manifest, Run
 from .schemas.runs import StoredOut
 
 
@@ -33,15 +33,8 @@ def open_manifest(session: Session, run: Run, manifest_id: str) -> tuple[Manifes
         raise ApiError(404, "unknown_manifest", f"manifest {manifest_id} does not belong to run {run.id}")
     if manifest.acked_at is not None:
         return manifest, []
-    held = set(held_by(session, run.id, manifest.epoch, manifest.id))
-    taken = session.scalar(
-        select(func.count()).where(
-            EpochItem.run_id == run.id,
-            EpochItem.epoch == manifest.epoch,
-            EpochItem.sample_id.in_(manifest.sample_ids),
-            EpochItem.manifest_id != manifest.id,
-        )
-    )
+    rows = manifest_rows(session, manifest.id)
+    taken = len(manifest.sample_ids) - len(rows)
     if taken:
         raise ApiError(
             409,
@@ -49,7 +42,7 @@ def open_manifest(session: Session, run: Run, manifest_id: str) -> tuple[Manifes
             f"manifest {manifest_id} expired and {taken} of its samples were "
             "handed out again; drop this batch and ask for a new manifest",
         )
-    return manifest, [s for s in manifest.sample_ids if s in held]
+    return manifest, [s for s in manifest.sample_ids if rows.get(s) == "leased"]
 
 
 def run_width(session: Session, run_id: int) -> int | None:
@@ -83,7 +76,7 @@ def apply_embeddings(
     else:
         manifest.sample_ids = expected
         result = curate_step(session, run, manifest, arr, cache, backend)
-    complete(session, run.id, manifest.epoch, manifest.id)
+    complete(session, manifest.id)
     manifest.acked_at, manifest.result = datetime.now(UTC), result
     advance_if_epoch_done(session, run, defer_init)
     session.commit()

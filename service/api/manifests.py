@@ -147,7 +147,7 @@ def ack_manifest(
         return dict(manifest.result or {})
     if manifest.phase != "subset":
         raise ApiError(409, "wrong_phase", f"a {manifest.phase} manifest is acknowledged by posting its embeddings")
-    done = complete(session, run.id, manifest.epoch, manifest.id)
+    done = complete(session, manifest.id)
     result = AckOut(
         manifest_id=manifest.id, phase="subset", epoch=manifest.epoch, step=manifest.step, acknowledged=done
     ).model_dump()

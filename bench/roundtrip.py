@@ -1,0 +1,180 @@
+"""Budget P2: one curated-batch round trip on the real stack vs the in-process per-prototype loop.
+
+Run: ``.venv/bin/python -m bench.roundtrip``. Needs the local Postgres and Redis. Starts uvicorn and a Celery
+worker as real processes on loopback, drives a run through warm-up, then times ``--steps`` curation posts of
+640 x 1024 float16 embeddings (upload -> worker -> curated batch back). In the same run it times the loop
+selection (bench/baseline.loop_select) on the same batches. Writes the P2 section of docs/BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import time
+import uuid
+
+import httpx
+import numpy as np
+import psycopg
+import redis
+import torch
+
+from bench.baseline import loop_select
+from bench.report import write_section
+from service.auth import create_token
+from service.db import make_engine, session_factory
+from service.migrate import upgrade
+from tests.servers import celery_worker, uvicorn_server
+from workers.synthetic import long_tailed_embeddings
+
+ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+REDIS_URL = "redis://127.0.0.1:6379/13"
+BATCH, DIM = 640, 1024
+
+
+def make_database(rows: int) -> tuple[str, int]:
+    name = f"chex_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+    upgrade(url)
+    with psycopg.connect(url) as conn:
+        dataset_id = conn.execute(
+            "INSERT INTO datasets (name, root, created_at) VALUES ('bench', '/tmp', now()) RETURNING id"
+        ).fetchone()[0]
+        with conn.cursor().copy(
+            "COPY samples (dataset_id, external_id, image_uri, report, report_synthetic, labels, meta, content_hash, "
+            "status, created_at, updated_at) FROM STDIN"
+        ) as copy:
+            for i in range(rows):
+                copy.write_row(
+                    (
+                        dataset_id,
+                        f"s{i}",
+                        f"{i}.png",
+                        "r",
+                        False,
+                        "[]",
+                        "{}",
+                        "0" * 64,
+                        "accepted",
+                        "2026-01-01",
+                        "2026-01-01",
+                    )
+                )
+        conn.commit()
+    return url, dataset_id
+
+
+def npy(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return buf.getvalue()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--steps", type=int, default=100, help="timed curation round trips")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    warmup = 4 * BATCH
+    rows = warmup + (args.steps + 5) * BATCH
+    url, dataset_id = make_database(rows)
+    synth = long_tailed_embeddings(rows, DIM, seed=7)
+    features = synth.features.astype(np.float16)
+    engine = make_engine(url)
+    with session_factory(engine)() as session:
+        admin = create_token(session, "bench", "admin")
+    engine.dispose()
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    env = {"CHEX_DATABASE_URL": url, "CHEX_BROKER_URL": REDIS_URL, "CHEX_CURATION_WAIT_SECONDS": "60"}
+    if os.environ.get("P2_EAGER"):
+        env.pop("CHEX_BROKER_URL")
+    trips: list[float] = []
+    loops: list[float] = []
+    import contextlib
+
+    worker = contextlib.nullcontext() if os.environ.get("P2_EAGER") else celery_worker(env)
+    with uvicorn_server(env) as base, worker:
+        http = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {admin}"}, timeout=120)
+        config = {"warmup_samples": warmup, "epochs": 2, "curation_epochs": 1}
+        run_id = (
+            http.post("/v1/runs", json={"dataset_id": dataset_id, "config": config}).raise_for_status().json()["id"]
+        )
+        sample_index: dict[int, int] = {}
+        while len(trips) < args.steps:
+            m = http.post(f"/v1/runs/{run_id}/manifests").raise_for_status().json()
+            if m["manifest_id"] is None:
+                time.sleep(0.05)
+                continue
+            ids = [item["sample_id"] for item in m["items"]]
+            for sid in ids:
+                sample_index.setdefault(sid, len(sample_index))
+            batch = features[[sample_index[s] for s in ids]]
+            body = npy(batch)
+            start = time.perf_counter()
+            answer = (
+                http.post(
+                    f"/v1/runs/{run_id}/manifests/{m['manifest_id']}/embeddings",
+                    content=body,
+                    headers={"Content-Type": "application/octet-stream"},
+                )
+                .raise_for_status()
+                .json()
+            )
+            elapsed = time.perf_counter() - start
+            if m["phase"] != "curation" or len(ids) != BATCH:
+                continue
+            trips.append(elapsed)
+            protos = np.frombuffer(
+                psycopg.connect(url)
+                .execute(
+                    "SELECT vectors FROM prototype_versions WHERE run_id = %s AND version = %s",
+                    (run_id, answer["prototype_version"]),
+                )
+                .fetchone()[0],
+                dtype=np.float32,
+            ).reshape(6, DIM)
+            f32 = batch.astype(np.float32)
+            f32 /= np.linalg.norm(f32, axis=1, keepdims=True)
+            tf, tp = torch.from_numpy(f32), torch.from_numpy(protos.copy())
+            starts = np.random.default_rng(len(trips)).random(6)
+            loop_select(tf, tp, starts)
+            t0 = time.perf_counter()
+            loop_select(tf, tp, starts)
+            loops.append(time.perf_counter() - t0)
+    p50, p99 = np.percentile(trips, 50) * 1e3, np.percentile(trips, 99) * 1e3
+    loop50 = float(np.median(loops)) * 1e3
+    ok50, ok99 = p50 <= 3 * loop50, p99 <= 3 * p50
+    body_md = "\n".join(
+        [
+            "## P2: curated-batch round trip on the real stack",
+            "",
+            "Budget: p50 <= 3x the in-process per-prototype-loop selection (bench/baseline.loop_select, same batches, "
+            "measured in the same run); p99 <= 3x own p50. Stack: uvicorn + Celery worker (solo pool) + Redis + Postgres "
+            f"as real processes on loopback; each trip posts {BATCH} x {DIM} float16 embeddings (.npy, "
+            f"{BATCH * DIM * 2 / 1e6:.1f} MB) and gets the curated batch back; the worker stores embeddings, selects, "
+            f"updates the prototypes and writes {BATCH} decisions before answering. {len(trips)} timed curation steps "
+            "(long-tailed synthetic embeddings, K=6).",
+            "",
+            "| measure | ms | budget | |",
+            "|---|---|---|---|",
+            f"| loop selection, in-process (median) | {loop50:.2f} | | |",
+            f"| round trip p50 | {p50:.2f} | <= {3 * loop50:.2f} | {'met' if ok50 else 'MISSED'} |",
+            f"| round trip p99 | {p99:.2f} | <= {3 * p50:.2f} | {'met' if ok99 else 'MISSED'} |",
+            "",
+            f"Reproduce: `.venv/bin/python -m bench.roundtrip --steps {args.steps}`.",
+        ]
+    )
+    write_section("P2", body_md)
+    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
+    print(
+        f"P2 p50 {p50:.1f} ms (budget {3 * loop50:.1f}), p99 {p99:.1f} ms (budget {3 * p50:.1f})",
+        "met" if ok50 and ok99 else "MISSED",
+    )
+
+
+if __name__ == "__main__":
+    main()
