@@ -152,8 +152,8 @@ def main() -> None:
             "## P2: curated-batch round trip on the real stack",
             "",
             "Budget: p50 <= 3x the in-process per-prototype-loop selection (bench/baseline.loop_select, same batches, "
-            "measured in the same run); p99 <= 3x own p50. Stack: uvicorn + Celery worker (solo pool) + Redis + Postgres "
-            f"as real processes on loopback; each trip posts {BATCH} x {DIM} float16 embeddings (.npy, "
+            "measured in the same run); p99 <= 3x own p50. Stack: uvicorn + Celery worker (solo pool) + Redis + "
+            f"Postgres as real processes on loopback; each trip posts {BATCH} x {DIM} float16 embeddings (.npy, "
             f"{BATCH * DIM * 2 / 1e6:.1f} MB) and gets the curated batch back; the worker stores embeddings, selects, "
             f"updates the prototypes and writes {BATCH} decisions before answering. {len(trips)} timed curation steps "
             "(long-tailed synthetic embeddings, K=6).",
