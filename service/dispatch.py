@@ -13,6 +13,7 @@ from kombu.exceptions import OperationalError as BrokerDown
 from .config import Settings
 from .errors import ApiError, ServiceUnavailable
 from .models import Run
+from .schemas.tasks import TaskAccepted, TaskStatus
 
 
 class Dispatcher:
@@ -55,6 +56,29 @@ class Dispatcher:
             return self.celery.send_task(name, args=args)
         except BrokerDown as exc:
             raise ServiceUnavailable(f"the task broker cannot be reached ({exc})") from exc
+
+    def submit(self, name: str, args: list[Any]) -> TaskAccepted:
+        """Queue a background task (refresh queue); the client polls ``/v1/tasks/{id}``."""
+        task = self._send(name, args)
+        return TaskAccepted(task_id=task.id, status_url=f"/v1/tasks/{task.id}")
+
+    def status(self, task_id: str) -> TaskStatus:
+        assert self.celery is not None
+        result = self.celery.AsyncResult(task_id)
+        try:
+            state, info = result.state, result.info
+        except Exception as exc:  # result backend down
+            raise ServiceUnavailable(f"the result backend cannot be reached ({type(exc).__name__})") from exc
+        if state == "PROGRESS":
+            return TaskStatus(task_id=task_id, state=state, progress=dict(info or {}))
+        if state == "SUCCESS":
+            answer = dict(info or {})
+            if "error" in answer:
+                return TaskStatus(task_id=task_id, state="FAILURE", error=answer)
+            return TaskStatus(task_id=task_id, state=state, result=answer)
+        if state == "FAILURE":
+            return TaskStatus(task_id=task_id, state=state, error={"error": type(info).__name__, "detail": str(info)})
+        return TaskStatus(task_id=task_id, state=state)
 
     def curate(self, run_id: int, manifest_id: str, body: bytes) -> dict[str, Any]:
         """Hand the embeddings over in Redis, queue the curated-batch task and wait a bounded time for it."""

@@ -72,3 +72,17 @@ def db(app):
 
 
 SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+
+
+@pytest.fixture
+def stack_env(pg_url) -> dict[str, str]:
+    """Environment for real API and worker processes on the session database and the real Redis."""
+    import redis
+
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    return {
+        "CHEX_DATABASE_URL": pg_url,
+        "CHEX_BROKER_URL": REDIS_URL,
+        "CHEX_CURATION_WAIT_SECONDS": "4",
+        "CHEX_INIT_REDRIVE_SECONDS": "3",
+    }

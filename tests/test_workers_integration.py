@@ -15,7 +15,6 @@ import time
 from collections import Counter
 
 import httpx
-import pytest
 import redis
 from sqlalchemy import func, select
 
@@ -30,17 +29,6 @@ REDIS_START = (
     "redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save '' --appendonly no "
     "--dir /var/lib/redis --logfile /var/log/redis/ci.log"
 )
-
-
-@pytest.fixture
-def stack_env(pg_url):
-    redis.Redis.from_url(REDIS_URL).flushdb()
-    return {
-        "CHEX_DATABASE_URL": pg_url,
-        "CHEX_BROKER_URL": REDIS_URL,
-        "CHEX_CURATION_WAIT_SECONDS": "4",
-        "CHEX_INIT_REDRIVE_SECONDS": "3",
-    }
 
 
 class Trainer:

@@ -13,6 +13,8 @@ QUEUE_REFRESH = "refresh"
 
 TASK_CURATE = "chexcurate.curate_manifest"
 TASK_INIT_PROTOTYPES = "chexcurate.init_prototypes"
+TASK_DICOM_SCAN = "chexcurate.dicom_scan"
+TASK_OFFLINE = "chexcurate.offline_curation"
 
 
 def make_celery(settings: Settings, include: tuple[str, ...] = ()) -> Celery:

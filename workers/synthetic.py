@@ -65,8 +65,14 @@ def long_tailed_embeddings(
     noise_rate: float = 0.03,
     spread: float = 0.9,
     finding_offset: float = 0.5,
+    centre_seed: int | None = None,
 ) -> SyntheticEmbeddings:
-    """``n`` rows of width ``dim`` (image and report halves of ``dim // 2`` each)."""
+    """``n`` rows of width ``dim`` (image and report halves of ``dim // 2`` each).
+
+    ``centre_seed`` draws the finding centres apart from the rows: chunks with different ``seed`` and one
+    ``centre_seed`` are parts of one large set (near-duplicates then stay within their chunk). Without it
+    everything comes from ``seed``, as before.
+    """
     if n < 1 or dim < 2 or dim % 2:
         raise ValueError(f"need n >= 1 and an even dim >= 2, got n={n}, dim={dim}")
     if not (0 <= duplicate_rate < 1 and 0 <= noise_rate < 1):
@@ -77,9 +83,10 @@ def long_tailed_embeddings(
     k = len(names)
     # Every chest film (and report) shares most of its content: finding centres are a common centre plus an
     # offset of norm ``finding_offset``, not unrelated directions, so findings neighbour each other.
-    common_u, common_v = _unit(rng.standard_normal((2, half)))
-    centre_u = _unit(common_u + finding_offset * _unit(rng.standard_normal((k, half))))
-    centre_v = _unit(common_v + finding_offset * _unit(rng.standard_normal((k, half))))
+    centre_rng = rng if centre_seed is None else np.random.default_rng(centre_seed)
+    common_u, common_v = _unit(centre_rng.standard_normal((2, half)))
+    centre_u = _unit(common_u + finding_offset * _unit(centre_rng.standard_normal((k, half))))
+    centre_v = _unit(common_v + finding_offset * _unit(centre_rng.standard_normal((k, half))))
     finding = rng.choice(k, size=n, p=finding_prevalence(k))
     # spread / sqrt(half) per coordinate puts members at distance ~spread from their centre
     scale = spread / np.sqrt(half)

@@ -3,16 +3,22 @@ so a redelivered or repeated task changes nothing that is already done."""
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
 from typing import Any
 
+from celery import Task
 from celery.signals import worker_init, worker_process_init
 
 from service.arrays import read_npy
 from service.errors import ApiError
+from service.ingest import run_dicom_scan
 from service.lifecycle import advance_if_epoch_done, init_warmup_prototypes, lock_run
+from service.models import Dataset
+from service.schemas.datasets import DicomScanRequest
 from service.steps import apply_embeddings, manifest_phase
 
-from .celery_app import TASK_CURATE, TASK_INIT_PROTOTYPES, app
+from .celery_app import TASK_CURATE, TASK_DICOM_SCAN, TASK_INIT_PROTOTYPES, TASK_OFFLINE, app
 from .state import warm_up, worker_state
 
 
@@ -64,3 +70,45 @@ def init_prototypes(run_id: int) -> dict[str, Any]:
             advance_if_epoch_done(session, run)
         session.commit()
         return {"run_id": run.id, "phase": run.phase, "prototype_version": run.prototype_version}
+
+
+@app.task(name=TASK_DICOM_SCAN, bind=True)
+def dicom_scan(self: Task, dataset_id: int, request: dict[str, Any]) -> dict[str, Any]:
+    """Scan a dataset's DICOM folder with progress (files read / files listed) in the task state."""
+    state = worker_state()
+
+    def progress(done: int, total: int) -> None:
+        if done == total or done % 50 == 0:
+            self.update_state(state="PROGRESS", meta={"stage": "dicom scan", "current": done, "total": total})
+
+    with state.sessions() as session:
+        dataset = session.get(Dataset, dataset_id)
+        if dataset is None:
+            return {"error": "unknown_dataset", "status": 404, "detail": f"dataset {dataset_id} does not exist"}
+        try:
+            result = run_dicom_scan(session, dataset_id, Path(dataset.root), DicomScanRequest(**request), progress)
+        except ApiError as exc:
+            session.rollback()
+            return {"error": exc.code, "status": exc.status, "detail": exc.detail, **exc.extra}
+    return result.model_dump()
+
+
+@app.task(name=TASK_OFFLINE, bind=True)
+def offline_curation(self: Task, run_id: int) -> dict[str, Any]:
+    """Offline curation of a run's stored embeddings; progress goes to the run row (shown in its stats)."""
+    from workers.jobs.offline import run_offline_curation
+
+    state = worker_state()
+
+    last = [0.0]
+
+    def progress(stage: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - last[0] >= 1.0 or done == total:  # ~2,000 reports at 1.2 M rows; a poller needs ~1/s
+            last[0] = now
+            self.update_state(state="PROGRESS", meta={"stage": stage, "current": done, "total": total})
+
+    try:
+        return run_offline_curation(state.sessions, run_id, progress)
+    except ApiError as exc:
+        return {"error": exc.code, "status": exc.status, "detail": exc.detail, **exc.extra}

@@ -2,7 +2,7 @@
 
 from fastapi import APIRouter
 
-from . import admin, datasets, health, manifests, runs
+from . import admin, datasets, health, manifests, neighbours, runs, tasks
 
 router = APIRouter()
 router.include_router(health.router)
@@ -10,3 +10,5 @@ router.include_router(datasets.router)
 router.include_router(runs.router)
 router.include_router(manifests.router)
 router.include_router(admin.router)
+router.include_router(neighbours.router)
+router.include_router(tasks.router)

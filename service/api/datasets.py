@@ -7,15 +7,15 @@ from pathlib import Path
 from typing import Annotated, TypeVar
 
 import anyio.from_thread
-from fastapi import APIRouter, Query, Request, status
+from fastapi import APIRouter, Query, Request, Response, status
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from ..deps import AdminDep, SessionDep, SettingsDep
+from ..deps import AdminDep, DispatcherDep, SessionDep, SettingsDep
 from ..errors import ApiError
-from ..ingest import ingest_dicom_folder, ingest_rows, parse_body
+from ..ingest import ingest_rows, parse_body, run_dicom_scan
 from ..ingest.dicom import ScanIssue
 from ..ingest.paths import PathRejected, check_root
 from ..ingest.rows import MalformedBody, body_format
@@ -32,6 +32,7 @@ from ..schemas.datasets import (
     ScanIssueOut,
     UploadResult,
 )
+from ..schemas.tasks import TaskAccepted
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 T = TypeVar("T")
@@ -184,30 +185,33 @@ def _issue(issue: ScanIssue) -> ScanIssueOut:
     return ScanIssueOut(path=issue.path, external_id=issue.external_id, reason=issue.reason)
 
 
-@router.post("/{dataset_id}/dicom-scan", response_model=DicomScanResult)
-def dicom_scan(dataset_id: int, body: DicomScanRequest, session: SessionDep, _: AdminDep) -> DicomScanResult:
-    """Scan a DICOM folder under the root (CR/DX only, optional view filter), reports from a sidecar."""
+@router.post(
+    "/{dataset_id}/dicom-scan",
+    response_model=DicomScanResult | TaskAccepted,
+    responses={202: {"model": TaskAccepted, "description": "queued on a worker (background=true with a broker)"}},
+)
+def dicom_scan(
+    dataset_id: int,
+    body: DicomScanRequest,
+    session: SessionDep,
+    dispatcher: DispatcherDep,
+    response: Response,
+    _: AdminDep,
+    background: Annotated[bool, Query(description="queue the scan on a worker and answer 202 with a task id")] = False,
+) -> DicomScanResult | TaskAccepted:
+    """Scan a DICOM folder under the root (CR/DX only, optional view filter), reports from a sidecar.
+    With ``background`` and workers, the scan runs on the refresh queue; poll ``status_url`` for progress."""
     root = Path(_dataset(session, dataset_id).root)
+    if background and not dispatcher.eager:
+        from workers.celery_app import TASK_DICOM_SCAN
 
-    def work() -> DicomScanResult:
-        try:
-            outcome = ingest_dicom_folder(
-                session, dataset_id, root, body.folder, body.view_positions, body.reports, body.synthesize_reports
-            )
-        except PathRejected as exc:
-            raise ApiError(422, "invalid_path", exc.reason) from exc
-        except MalformedBody as exc:
-            raise ApiError(400, "malformed_sidecar", f"reports sidecar {body.reports}: {exc}", line=exc.line) from exc
-        return DicomScanResult(
-            files=outcome.files,
-            accepted=outcome.counts.accepted,
-            updated=outcome.counts.updated,
-            unchanged=outcome.counts.unchanged,
-            skipped=[_issue(i) for i in outcome.skipped],
-            problems=[_issue(i) for i in outcome.problems],
-        )
-
-    return _in_transaction(session, work)
+        response.status_code = status.HTTP_202_ACCEPTED
+        return dispatcher.submit(TASK_DICOM_SCAN, [dataset_id, body.model_dump()])
+    try:
+        return run_dicom_scan(session, dataset_id, root, body)
+    except BaseException:
+        session.rollback()
+        raise
 
 
 @router.get("/{dataset_id}/samples", response_model=SamplePage)

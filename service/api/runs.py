@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from typing import Any
+
+from fastapi import APIRouter, Request, Response, status
+from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
 
 from workers.curation import CurationConfig
 
-from ..deps import AdminDep, RunAccessDep, RunId, SessionDep
+from ..deps import AdminDep, DispatcherDep, RunAccessDep, RunId, SessionDep
 from ..errors import ApiError
 from ..lifecycle import start
 from ..models import Dataset, Run
 from ..schemas.runs import RunCreate, RunOut
+from ..schemas.tasks import TaskAccepted
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
 
@@ -44,3 +48,24 @@ def get_run(run_id: RunId, session: SessionDep, _: RunAccessDep) -> Run:
     if run is None:
         raise ApiError(404, "unknown_run", f"run {run_id} does not exist")
     return run
+
+
+@router.post(
+    "/{run_id}/offline",
+    response_model=dict[str, Any] | TaskAccepted,
+    responses={202: {"model": TaskAccepted, "description": "queued on a worker"}},
+)
+async def offline_curation(
+    run_id: RunId, request: Request, response: Response, dispatcher: DispatcherDep, _: AdminDep
+) -> dict[str, Any] | TaskAccepted:
+    """Offline curation of the run's stored embeddings (SPEC §2.5): k-means, band selection over random
+    super-batches, decisions stored, run done. Progress is in the run's stats; with workers this answers
+    202 and the task runs on the refresh queue."""
+    if not dispatcher.eager:
+        from workers.celery_app import TASK_OFFLINE
+
+        response.status_code = status.HTTP_202_ACCEPTED
+        return dispatcher.submit(TASK_OFFLINE, [run_id])
+    from workers.jobs.offline import run_offline_curation
+
+    return await run_in_threadpool(run_offline_curation, request.app.state.sessions, run_id)

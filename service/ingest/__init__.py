@@ -8,16 +8,18 @@ or oversized body writes nothing.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy.orm import Session
 
+from ..errors import ApiError
+from ..schemas.datasets import DicomScanRequest, DicomScanResult, ScanIssueOut
 from .dicom import ScanIssue, Sidecar, load_sidecar, scan_folder
-from .paths import read_image
+from .paths import PathRejected, read_image
 from .reports import resolve_report
-from .rows import RawRow, RowRejected, decoded_lines, iter_csv, iter_jsonl, row_input
+from .rows import MalformedBody, RawRow, RowRejected, decoded_lines, iter_csv, iter_jsonl, row_input
 from .store import SampleIn, SampleWriter, UpsertCounts
 
 DUPLICATE = "duplicate external_id in upload"
@@ -105,6 +107,7 @@ def ingest_dicom_folder(
     view_positions: list[str] | None,
     reports: str | None,
     synthesize: bool,
+    progress: Callable[[int, int], None] | None = None,
 ) -> ScanOutcome:
     """Scan ``folder`` and upsert its usable images with their sidecar reports.
 
@@ -112,7 +115,7 @@ def ingest_dicom_folder(
     request before the long scan, and nothing is written.
     """
     sidecar = load_sidecar(root, reports) if reports else Sidecar()
-    scan = scan_folder(root, folder, view_positions)
+    scan = scan_folder(root, folder, view_positions, progress)
     writer = SampleWriter(session, dataset_id)
     seen: set[str] = set()
     problems = list(scan.problems)
@@ -145,3 +148,41 @@ def ingest_dicom_folder(
         )
     writer.flush()
     return ScanOutcome(scan.seen, writer.counts, problems, scan.skipped)
+
+
+def run_dicom_scan(
+    session: Session,
+    dataset_id: int,
+    root: Path,
+    request: DicomScanRequest,
+    progress: Callable[[int, int], None] | None = None,
+) -> DicomScanResult:
+    """A whole DICOM scan request, committed, as the API answers it (the route and the worker task share it)."""
+    try:
+        outcome = ingest_dicom_folder(
+            session,
+            dataset_id,
+            root,
+            request.folder,
+            request.view_positions,
+            request.reports,
+            request.synthesize_reports,
+            progress,
+        )
+    except PathRejected as exc:
+        raise ApiError(422, "invalid_path", exc.reason) from exc
+    except MalformedBody as exc:
+        raise ApiError(400, "malformed_sidecar", f"reports sidecar {request.reports}: {exc}", line=exc.line) from exc
+    session.commit()
+
+    def issue(i: ScanIssue) -> ScanIssueOut:
+        return ScanIssueOut(path=i.path, external_id=i.external_id, reason=i.reason)
+
+    return DicomScanResult(
+        files=outcome.files,
+        accepted=outcome.counts.accepted,
+        updated=outcome.counts.updated,
+        unchanged=outcome.counts.unchanged,
+        skipped=[issue(i) for i in outcome.skipped],
+        problems=[issue(i) for i in outcome.problems],
+    )

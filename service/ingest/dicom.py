@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -160,14 +160,24 @@ def inspect_file(real_root: Path, uri: str, views: Collection[str] | None) -> Sc
     return ScanFile(uri=uri, sha256=hashlib.sha256(data).hexdigest(), header=header)
 
 
-def scan_folder(root: Path, folder: str = ".", view_positions: Iterable[str] | None = None) -> ScanResult:
-    """Every file under ``folder`` (relative to ``root``), in sorted order; no file is ever fatal."""
+def scan_folder(
+    root: Path,
+    folder: str = ".",
+    view_positions: Iterable[str] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> ScanResult:
+    """Every file under ``folder`` (relative to ``root``), in sorted order; no file is ever fatal.
+
+    The tree is listed first (cheap) so ``progress(done, total)`` can report against a known total while the
+    files are read and decoded (the slow part).
+    """
     real_root = Path(os.path.realpath(root))
     _, start = resolve_inside(real_root, folder, "folder")
     if not start.is_dir():
         raise PathRejected(f"folder is not a directory: {folder}")
     views = {v.strip().upper() for v in view_positions} if view_positions is not None else None
     result = ScanResult()
+    uris: list[str] = []
     for dirpath, dirnames, filenames in os.walk(start, followlinks=False):
         dirnames.sort()
         for name in dirnames:
@@ -175,18 +185,20 @@ def scan_folder(root: Path, folder: str = ".", view_positions: Iterable[str] | N
             if os.path.islink(os.path.join(dirpath, name)):
                 rel = os.path.relpath(os.path.join(dirpath, name), real_root)
                 result.skipped.append(ScanIssue(rel, "symlinked directory not followed"))
-        for name in sorted(filenames):
-            uri = Path(os.path.relpath(os.path.join(dirpath, name), real_root)).as_posix()
-            result.seen += 1
-            if name.upper() == "DICOMDIR":
-                result.skipped.append(ScanIssue(uri, "DICOMDIR index file"))
-                continue
+        uris += [Path(os.path.relpath(os.path.join(dirpath, n), real_root)).as_posix() for n in sorted(filenames)]
+    for done, uri in enumerate(uris, start=1):
+        result.seen += 1
+        if Path(uri).name.upper() == "DICOMDIR":
+            result.skipped.append(ScanIssue(uri, "DICOMDIR index file"))
+        else:
             try:
                 result.files.append(inspect_file(real_root, uri, views))
             except PathRejected as exc:
                 result.problems.append(ScanIssue(uri, exc.reason))
             except DicomProblem as exc:
                 (result.skipped if exc.skipped else result.problems).append(ScanIssue(uri, exc.reason))
+        if progress is not None:
+            progress(done, len(uris))
     return result
 
 

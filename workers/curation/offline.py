@@ -47,6 +47,8 @@ def curate_offline(
 
     Prototypes stay fixed: with no model in the loop the embeddings do not drift, so there is nothing to
     follow. Super-batch ``s`` uses sampler seed ``(config.seed, s)``; the last batch may be short.
+    ``features`` may be float16 (rows are taken to float32 one super-batch at a time, never all at once).
+    ``progress(done, total)`` is called with ``done = 0`` once the prototypes exist, then after each batch.
     """
     backend_: Backend = backend or CpuBackend()
     f = as_matrix("features", features)
@@ -62,6 +64,8 @@ def curate_offline(
     keep = np.empty(n, dtype=bool)
     batch = np.empty(n, dtype=np.int64)
     n_batches = -(-n // config.batch_size)
+    if progress is not None:
+        progress(0, n_batches)  # k-means is done: lets a caller time it apart from selection
     for step in range(n_batches):
         rows = order[step * config.batch_size : (step + 1) * config.batch_size]
         sel = select_batch(f[rows], prototypes, config, seed=(config.seed, step), backend=backend_)

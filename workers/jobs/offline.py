@@ -1,0 +1,163 @@
+"""Offline curation of a run's stored embeddings (SPEC §2.5): read, curate, write decisions, mark done.
+
+The curation itself is ``workers.curation.curate_offline``, called on the run's features: the stored
+vectors as unit rows (float16), in sample-id order. Given those features and the seed, the job and the
+in-memory engine keep exactly the same rows; the job adds only I/O around it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.bulk import DECISION_COPY, copy_payload, decision_copy_payload, insert_decisions, is_postgres
+from service.errors import ApiError
+from service.lifecycle import run_config
+from service.models import Decision, PrototypeVersion, Run
+from workers.curation import Backend, CurationConfig, OfflineCuration, curate_offline
+
+from .progress import ProgressCallback, ProgressRecorder
+from .stored_embeddings import read_unit_features
+
+#: ``Decision.manifest_id`` of offline decisions: there is no manifest, and it tells them from online ones
+OFFLINE_MANIFEST = "offline"
+#: offline decisions belong to the (single) curation epoch
+OFFLINE_EPOCH = 1
+#: decision rows per binary COPY payload (~90 bytes each)
+WRITE_ROWS = 200_000
+
+
+def _check_offline(session: Session, run: Run | None, run_id: int) -> Run:
+    """The run exists and no trainer curates it online: offline results would mix with (or end) that."""
+    if run is None:
+        raise ApiError(404, "unknown_run", f"run {run_id} does not exist")
+    if run.phase in ("curation", "subset"):
+        raise ApiError(409, "run_is_online", f"run {run_id} is in its {run.phase} phase with a trainer")
+    online = session.scalar(
+        select(Decision.id).where(Decision.run_id == run_id, Decision.manifest_id != OFFLINE_MANIFEST).limit(1)
+    )
+    if online is not None:
+        raise ApiError(409, "run_is_online", f"run {run_id} has online curation decisions")
+    return run
+
+
+def run_offline_curation(
+    sessions: sessionmaker[Session],
+    run_id: int,
+    progress: ProgressCallback | None = None,
+    backend: Backend | None = None,
+) -> dict[str, Any]:
+    """Curate every stored embedding of ``run_id`` with the run's config; replace earlier offline results.
+
+    Stages (reported as ``progress(stage, done, total)`` and in ``Run.progress``): ``load`` (rows),
+    ``kmeans``, ``select`` (super-batches), ``write`` (rows), then ``done`` (or ``failed`` with the error).
+    Returns the summary: rows, subset size and ratio, band counts, prototype usage, seconds per stage.
+    """
+    with sessions() as session:
+        config = run_config(_check_offline(session, session.get(Run, run_id), run_id))
+    recorder = ProgressRecorder(sessions, run_id, "offline_curation", progress)
+    try:
+        with sessions() as session:
+            ids, features = read_unit_features(session, run_id, lambda done, total: recorder("load", done, total))
+        recorder("kmeans", 0, 1)
+        try:
+            result = curate_offline(
+                features, config, backend=backend, progress=lambda done, total: recorder("select", done, total)
+            )
+        except ValueError as exc:  # e.g. fewer rows than k
+            raise ApiError(422, "cannot_curate", f"run {run_id}: {exc}") from exc
+        del features  # 2 bytes x rows x D: gone before the COPY payloads are built
+        recorder("write", 0, len(ids))
+        summary = _summary(run_id, ids, result, config)
+        _store(sessions, run_id, ids, result, config, recorder, summary)
+    except Exception as exc:
+        recorder.persist(recorder.snapshot("failed", 0, 0, error=f"{type(exc).__name__}: {exc}"))
+        raise
+    return summary
+
+
+def _summary(run_id: int, ids: NDArray[np.int64], result: OfflineCuration, config: CurationConfig) -> dict[str, Any]:
+    return {
+        "run_id": run_id,
+        "rows": len(ids),
+        "dim": int(result.prototypes.shape[1]),
+        "warmup_rows": min(len(ids), config.warmup_samples),
+        "batches": int(result.batch.max()) + 1,
+        "subset_size": int(result.keep.sum()),
+        "subset_ratio": result.subset_ratio,
+        "band_counts": result.band_counts(),
+        "prototype_usage": _usage(result, config.k).tolist(),
+    }
+
+
+def _usage(result: OfflineCuration, k: int) -> NDArray[np.int64]:
+    """Kept rows per prototype: what ``usage`` counts online (kept features assigned to p_k), over one pass."""
+    return np.bincount(result.prototype[result.keep], minlength=k)
+
+
+def _store(
+    sessions: sessionmaker[Session],
+    run_id: int,
+    ids: NDArray[np.int64],
+    result: OfflineCuration,
+    config: CurationConfig,
+    recorder: ProgressRecorder,
+    summary: dict[str, Any],
+) -> None:
+    """One transaction: earlier offline results out, prototypes v1 and one decision per row in, run done.
+
+    The run row stays locked throughout, so a concurrent re-run waits and then replaces this one whole;
+    ``write`` progress therefore reaches the callback only (persisting it would wait on that lock).
+    """
+    n, batches = len(ids), summary["batches"]
+    with sessions() as session:
+        run = _check_offline(session, session.scalar(select(Run).where(Run.id == run_id).with_for_update()), run_id)
+        session.execute(delete(Decision).where(Decision.run_id == run_id))  # all offline: checked above
+        session.execute(delete(PrototypeVersion).where(PrototypeVersion.run_id == run_id))
+        session.add(
+            PrototypeVersion(
+                run_id=run_id,
+                version=1,
+                k=config.k,
+                dim=summary["dim"],
+                vectors=result.prototypes.astype(np.float32).tobytes(),
+                usage=summary["prototype_usage"],
+                step=batches,
+            )
+        )
+        session.flush()
+        step = result.batch + 1  # steps count from 1, as online
+        for start in range(0, n, WRITE_ROWS):
+            part = slice(start, start + WRITE_ROWS)
+            _write_decisions(session, run_id, ids[part], step[part], result, part)
+            recorder("write", min(start + WRITE_ROWS, n), n, persist=False)
+        summary["seconds"] = recorder.finish()
+        run.phase, run.epoch, run.step, run.prototype_version = "done", OFFLINE_EPOCH, batches, 1
+        run.progress = recorder.snapshot("done", n, n, **summary)  # the summary, for the admin's run stats
+        session.commit()
+
+
+def _write_decisions(
+    session: Session,
+    run_id: int,
+    ids: NDArray[np.int64],
+    step: NDArray[np.int64],
+    result: OfflineCuration,
+    part: slice,
+) -> None:
+    columns = (result.prototype[part], result.distance[part], result.band[part], result.keep[part])
+    if is_postgres(session):
+        payload = decision_copy_payload(run_id, ids, OFFLINE_EPOCH, step, OFFLINE_MANIFEST, *columns, 1)
+        copy_payload(session, DECISION_COPY, payload)
+        return
+    insert_decisions(
+        session,
+        [
+            (run_id, sid, OFFLINE_EPOCH, s, OFFLINE_MANIFEST, p, d, b, k, 1)
+            for sid, s, p, d, b, k in zip(ids.tolist(), step.tolist(), *(c.tolist() for c in columns), strict=True)
+        ],
+    )
