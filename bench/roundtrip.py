@@ -9,8 +9,8 @@ selection (bench/baseline.loop_select) on the same batches. Writes the P2 sectio
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
-import os
 import time
 import uuid
 
@@ -76,6 +76,7 @@ def npy(array: np.ndarray) -> bytes:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=100, help="timed curation round trips")
+    parser.add_argument("--eager", action="store_true", help="no broker or worker: the API computes (diagnosis)")
     args = parser.parse_args()
     torch.set_num_threads(2)
     warmup = 4 * BATCH
@@ -89,13 +90,11 @@ def main() -> None:
     engine.dispose()
     redis.Redis.from_url(REDIS_URL).flushdb()
     env = {"CHEX_DATABASE_URL": url, "CHEX_BROKER_URL": REDIS_URL, "CHEX_CURATION_WAIT_SECONDS": "60"}
-    if os.environ.get("P2_EAGER"):
+    if args.eager:
         env.pop("CHEX_BROKER_URL")
     trips: list[float] = []
     loops: list[float] = []
-    import contextlib
-
-    worker = contextlib.nullcontext() if os.environ.get("P2_EAGER") else celery_worker(env)
+    worker = contextlib.nullcontext() if args.eager else celery_worker(env)
     with uvicorn_server(env) as base, worker:
         http = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {admin}"}, timeout=120)
         config = {"warmup_samples": warmup, "epochs": 2, "curation_epochs": 1}
@@ -149,7 +148,8 @@ def main() -> None:
     ok50, ok99 = p50 <= 3 * loop50, p99 <= 3 * p50
     body_md = "\n".join(
         [
-            "## P2: curated-batch round trip on the real stack",
+            "## P2: curated-batch round trip on the real stack"
+            + (" (EAGER: no worker, diagnosis only)" if args.eager else ""),
             "",
             "Budget: p50 <= 3x the in-process per-prototype-loop selection (bench/baseline.loop_select, same batches, "
             "measured in the same run); p99 <= 3x own p50. Stack: uvicorn + Celery worker (solo pool) + Redis + "

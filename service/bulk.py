@@ -198,16 +198,45 @@ def foreign_ids(session: Session, dataset_id: int, sample_ids: NDArray[np.int64]
     return [i for i in ids if i not in known]
 
 
-def insert_decisions(session: Session, rows: list[tuple[Any, ...]]) -> None:
-    """Append decision rows (tuples in ``DECISION_COLUMNS`` order)."""
-    if not rows:
+def insert_decisions(
+    session: Session,
+    run_id: int,
+    sample_ids: NDArray[np.int64],
+    epoch: int,
+    step: int | NDArray[np.int64],
+    manifest_id: str,
+    prototype: NDArray[np.integer],
+    distance: NDArray[np.floating],
+    band: NDArray[np.integer],
+    kept: NDArray[np.bool_],
+    prototype_version: int,
+) -> None:
+    """Append decision rows from column arrays (``step`` per row, or one step for all)."""
+    sample_ids = np.asarray(sample_ids, dtype=np.int64)
+    if not len(sample_ids):
         return
+    steps = np.broadcast_to(np.asarray(step, dtype=np.int64), sample_ids.shape)
     if is_postgres(session):
-        copy_rows(
-            session,
-            f"COPY decisions ({', '.join(DECISION_COLUMNS)}) FROM STDIN (FORMAT binary)",
-            ("int8", "int8", "int4", "int4", "varchar", "int2", "float8", "int2", "bool", "int4"),
-            rows,
+        payload = decision_copy_payload(
+            run_id, sample_ids, epoch, steps, manifest_id, prototype, distance, band, kept, prototype_version
         )
+        copy_payload(session, DECISION_COPY, payload)
         return
-    session.execute(insert(Decision), [dict(zip(DECISION_COLUMNS, row, strict=True)) for row in rows])
+    columns = zip(
+        sample_ids.tolist(),
+        steps.tolist(),
+        prototype.tolist(),
+        distance.tolist(),
+        band.tolist(),
+        kept.tolist(),
+        strict=True,
+    )
+    session.execute(
+        insert(Decision),
+        [
+            dict(
+                zip(DECISION_COLUMNS, (run_id, sid, epoch, s, manifest_id, p, d, b, k, prototype_version), strict=True)
+            )
+            for sid, s, p, d, b, k in columns
+        ],
+    )

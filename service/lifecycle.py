@@ -169,17 +169,16 @@ def curate_step(
     _remember(cache, run.id, new, moved)
     insert_decisions(
         session,
-        [
-            (run.id, sid, manifest.epoch, run.step, manifest.id, int(p), float(d), int(b), bool(k), used)
-            for sid, p, d, b, k in zip(
-                manifest.sample_ids,
-                selection.prototype,
-                selection.distance,
-                selection.band,
-                selection.keep,
-                strict=True,
-            )
-        ],
+        run.id,
+        np.asarray(manifest.sample_ids, dtype=np.int64),
+        manifest.epoch,
+        run.step,
+        manifest.id,
+        selection.prototype,
+        selection.distance,
+        selection.band,
+        selection.keep,
+        used,
     )
     return {
         "manifest_id": manifest.id,

@@ -14,7 +14,7 @@ from numpy.typing import NDArray
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.bulk import DECISION_COPY, copy_payload, decision_copy_payload, insert_decisions, is_postgres
+from service.bulk import insert_decisions
 from service.errors import ApiError
 from service.lifecycle import run_config
 from service.models import Decision, PrototypeVersion, Run
@@ -149,15 +149,16 @@ def _write_decisions(
     result: OfflineCuration,
     part: slice,
 ) -> None:
-    columns = (result.prototype[part], result.distance[part], result.band[part], result.keep[part])
-    if is_postgres(session):
-        payload = decision_copy_payload(run_id, ids, OFFLINE_EPOCH, step, OFFLINE_MANIFEST, *columns, 1)
-        copy_payload(session, DECISION_COPY, payload)
-        return
     insert_decisions(
         session,
-        [
-            (run_id, sid, OFFLINE_EPOCH, s, OFFLINE_MANIFEST, p, d, b, k, 1)
-            for sid, s, p, d, b, k in zip(ids.tolist(), step.tolist(), *(c.tolist() for c in columns), strict=True)
-        ],
+        run_id,
+        ids,
+        OFFLINE_EPOCH,
+        step,
+        OFFLINE_MANIFEST,
+        result.prototype[part],
+        result.distance[part],
+        result.band[part],
+        result.keep[part],
+        1,
     )
