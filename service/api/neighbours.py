@@ -1,0 +1,159 @@
+"""Admin: a sample's nearest neighbours in a run (FAISS, cosine), with their decisions, to audit curation.
+
+Why was a sample kept or dropped? Its own decision (band, prototype, distance) next to its closest
+samples and theirs shows whether it sat in a dense redundant region (neighbours mostly central and
+dropped), at a cluster edge (support), or away from everything (outlier).
+
+The index is built in-process on first use and cached per run (memory + files under
+``CHEX_NEIGHBOUR_INDEX_DIR``, default ``<tmp>/chexcurate-neighbours``); see ``workers.jobs.neighbours``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, FastAPI, Query, Request
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from workers.curation import BAND_LABELS
+from workers.jobs.neighbours import NeighbourIndexCache, neighbours
+
+from .. import stats
+from ..deps import AdminDep, RunId, SampleId, SessionDep
+from ..errors import ApiError
+from ..models import Decision, Embedding, Sample
+
+router = APIRouter(prefix="/v1/runs", tags=["admin"])
+
+MAX_K = 100
+_cache_guard = threading.Lock()  # two first requests must not each make (and half-fill) a cache
+
+
+class DecisionOut(BaseModel):
+    """The sample's latest decision in the run (highest epoch, then step)."""
+
+    epoch: int
+    step: int
+    band: str = Field(description="outlier | support | central_kept | central_dropped")
+    prototype: int
+    distance: float
+    kept: bool
+    prototype_version: int
+
+
+class NeighbourOut(BaseModel):
+    sample_id: int
+    external_id: str
+    image_uri: str
+    similarity: float = Field(description="cosine similarity of the stored embeddings, 1 = same direction")
+    decision: DecisionOut | None
+
+
+class IndexOut(BaseModel):
+    kind: str = Field(description="flat (exact) or ivf (approximate)")
+    rows: int
+    dim: int
+    max_step: int
+
+
+class NeighboursOut(BaseModel):
+    run_id: int
+    sample_id: int
+    external_id: str
+    image_uri: str
+    decision: DecisionOut | None
+    k: int
+    index: IndexOut
+    neighbours: list[NeighbourOut]
+
+
+def index_directory() -> Path:
+    configured = os.environ.get("CHEX_NEIGHBOUR_INDEX_DIR")
+    return Path(configured) if configured else Path(tempfile.gettempdir()) / "chexcurate-neighbours"
+
+
+def neighbour_cache(app: FastAPI) -> NeighbourIndexCache:
+    with _cache_guard:
+        cache = getattr(app.state, "neighbour_cache", None)
+        if cache is None:
+            cache = app.state.neighbour_cache = NeighbourIndexCache(index_directory())
+        return cache
+
+
+@router.get("/{run_id}/samples/{sample_id}/neighbours", response_model=NeighboursOut)
+def sample_neighbours(
+    run_id: RunId,
+    sample_id: SampleId,
+    request: Request,
+    session: SessionDep,
+    _: AdminDep,
+    k: Annotated[int, Query(ge=1, le=MAX_K, description="how many neighbours")] = 10,
+) -> NeighboursOut:
+    """The sample's decision and its ``k`` nearest samples by cosine similarity of the run's stored
+    embeddings, each with its own latest decision (null when it has none)."""
+    run = stats.load_run(session, run_id)
+    sample = session.get(Sample, sample_id)
+    if sample is None or sample.dataset_id != run.dataset_id:
+        raise ApiError(404, "unknown_sample", f"sample {sample_id} is not in run {run_id}'s dataset")
+    embedded = session.scalar(
+        select(Embedding.sample_id).where(Embedding.run_id == run_id, Embedding.sample_id == sample_id)
+    )
+    if embedded is None:
+        raise ApiError(404, "no_embedding", f"sample {sample_id} has no stored embedding in run {run_id}")
+    external_id, image_uri = sample.external_id, sample.image_uri
+    session.rollback()  # the build reads on its own connections: hold no transaction open meanwhile
+    state = neighbour_cache(request.app).get(request.app.state.sessions, run_id)
+    try:
+        hits = neighbours(state, sample_id, k)
+    except KeyError:  # deleted between the check and the build
+        raise ApiError(404, "no_embedding", f"sample {sample_id} has no stored embedding in run {run_id}") from None
+    ids = [sample_id, *(i for i, _ in hits)]
+    samples = {s.id: s for s in session.scalars(select(Sample).where(Sample.id.in_(ids)))}
+    decisions = _latest_decisions(session, run_id, ids)
+    return NeighboursOut(
+        run_id=run_id,
+        sample_id=sample_id,
+        external_id=external_id,
+        image_uri=image_uri,
+        decision=decisions.get(sample_id),
+        k=k,
+        index=IndexOut(kind=state.kind, rows=state.key.rows, dim=state.dim, max_step=state.key.max_step),
+        neighbours=[
+            NeighbourOut(
+                sample_id=i,
+                external_id=samples[i].external_id,
+                image_uri=samples[i].image_uri,
+                similarity=similarity,
+                decision=decisions.get(i),
+            )
+            for i, similarity in hits
+            if i in samples  # a sample deleted since the index was built is left out, not a 500
+        ],
+    )
+
+
+def _latest_decisions(session: Session, run_id: int, sample_ids: list[int]) -> dict[int, DecisionOut]:
+    rows = session.scalars(
+        select(Decision)
+        .where(Decision.run_id == run_id, Decision.sample_id.in_(sample_ids))
+        .order_by(Decision.sample_id, Decision.epoch.desc(), Decision.step.desc())
+    )
+    latest: dict[int, DecisionOut] = {}
+    for d in rows:
+        if d.sample_id not in latest:
+            latest[d.sample_id] = DecisionOut(
+                epoch=d.epoch,
+                step=d.step,
+                band=BAND_LABELS[d.band],
+                prototype=d.prototype,
+                distance=d.distance,
+                kept=d.kept,
+                prototype_version=d.prototype_version,
+            )
+    return latest
