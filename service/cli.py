@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -20,6 +22,7 @@ from workers.offline_io import (
     load_embeddings,
     save_embeddings,
 )
+from workers.synth import SynthFormat
 
 app = typer.Typer(help="CheXficient curation for chest X-ray vision-language pretraining.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema (Alembic).", no_args_is_help=True)
@@ -49,13 +52,21 @@ def worker(
     pool: Annotated[str, typer.Option(help="solo (one process per GPU), threads or prefork")] = "solo",
     concurrency: Annotated[int, typer.Option(min=1)] = 1,
     loglevel: Annotated[str, typer.Option()] = "info",
+    hostname: Annotated[str | None, typer.Option(help="Celery node name, e.g. gpu0@%h (default celery@%h)")] = None,
 ) -> None:
     """Run a Celery worker (needs CHEX_BROKER_URL). On a GPU node run one solo worker per device."""
     from service.config import get_settings
 
     if not get_settings().broker_url:
         raise _fail("CHEX_BROKER_URL is not set: without a broker the API runs tasks itself, no worker needed")
+    from celery.signals import worker_ready
+
+    from service.launcher import WORKER_READY
     from workers.celery_app import app as celery_app
+
+    @worker_ready.connect(weak=False)
+    def announce(**_: Any) -> None:
+        os.write(1, f"{WORKER_READY}\n".encode())  # what launchers wait for: fd 1, past Celery's stdout logger
 
     celery_app.worker_main(
         [
@@ -71,8 +82,54 @@ def worker(
             "--without-gossip",
             "--without-mingle",
             "--without-heartbeat",
+            *(["--hostname", hostname] if hostname else []),
         ]
     )
+
+
+@app.command()
+def up(
+    host: Annotated[str, typer.Option(help="interface the API binds")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    api_workers: Annotated[int, typer.Option(min=1, help="uvicorn worker processes")] = 1,
+    workers: Annotated[int, typer.Option(min=0, help="Celery workers on the curation and refresh queues")] = 1,
+    refresh_workers: Annotated[int, typer.Option(min=0, help="extra Celery workers on the refresh queue only")] = 0,
+    migrate: Annotated[bool, typer.Option(help="apply the Alembic migrations first")] = True,
+    admin_token: Annotated[bool, typer.Option(help="create an admin token and print it once")] = False,
+    timeout: Annotated[float, typer.Option(min=1, help="seconds to wait for /readyz and the workers")] = 90.0,
+    loglevel: Annotated[str, typer.Option()] = "info",
+) -> None:
+    """The docker-compose topology as local processes: migrate, API, Celery workers; Ctrl-C stops them all.
+
+    Configuration comes from the CHEX_* environment (or .env), as for every other command: CHEX_DATABASE_URL
+    (Postgres for more than one process) and CHEX_BROKER_URL (Redis) for the workers.
+    """
+    from service.launcher import StackSpec, run_forever, stack
+
+    spec = StackSpec(
+        host=host,
+        port=port,
+        api_workers=api_workers,
+        workers=("curation,refresh",) * workers + ("refresh",) * refresh_workers,
+        migrate=migrate,
+        loglevel=loglevel,
+    )
+
+    def echo(name: str, line: str) -> None:
+        console.print(f"[dim]{name:>8} |[/] {escape(line)}", highlight=False, soft_wrap=True)
+
+    try:
+        with stack(spec, {}, timeout=timeout, echo=echo) as running:
+            console.print(f"API      {running.url}  (OpenAPI {running.url}/docs, metrics {running.url}/metrics)")
+            for child in running.children[1:]:
+                console.print(f"{child.name:<8} pid {child.pid}")
+            if admin_token:
+                typer.echo(_new_token("admin", "chexcurate up", None))
+            console.print("ready; Ctrl-C stops the stack")
+            code = run_forever(running)
+    except (ValueError, RuntimeError, TimeoutError) as exc:
+        raise _fail(escape(str(exc))) from exc
+    raise typer.Exit(code)
 
 
 @db_app.command("upgrade")
@@ -93,6 +150,10 @@ def token_create(
     run: Annotated[list[int] | None, typer.Option(help="run id a trainer token may use (repeatable)")] = None,
 ) -> None:
     """Create a token and print it once; only its hash is stored."""
+    typer.echo(_new_token(role, name, run))
+
+
+def _new_token(role: str, name: str, runs: list[int] | None) -> str:
     from service.auth import create_token
     from service.config import get_settings
     from service.db import make_engine, session_factory
@@ -100,12 +161,11 @@ def token_create(
     engine = make_engine(get_settings().database_url)
     try:
         with session_factory(engine)() as session:
-            token = create_token(session, name, role, run)
+            return create_token(session, name, role, runs)
     except ValueError as exc:
         raise _fail(str(exc)) from exc
     finally:
         engine.dispose()
-    typer.echo(token)
 
 
 def _fail(message: str) -> typer.Exit:
@@ -168,6 +228,70 @@ def synth_embeddings(
         noisy=synth.noisy,
     )
     console.print(f"wrote {rows} x {dim} float16 embeddings to {out}")
+
+
+@app.command()
+def synth(
+    out_dir: Annotated[Path, typer.Argument(help="output folder (created; a previous synth output is replaced)")],
+    train: Annotated[int, typer.Option(min=1, help="training studies")] = 2000,
+    test: Annotated[int, typer.Option(min=0, help="held-out test studies (one per patient, never noisy)")] = 500,
+    seed: Annotated[int, typer.Option(min=0)] = 0,
+    size: Annotated[int, typer.Option(min=16, max=4096, help="image side in pixels")] = 128,
+    noise_rate: Annotated[
+        float, typer.Option(min=0, max=1, help="mismatched reports and blank images (kept by ingest)")
+    ] = 0.03,
+    corrupt_rate: Annotated[
+        float, typer.Option(min=0, max=1, help="truncated (rejected by ingest) and undecodable images; 0 for none")
+    ] = 0.01,
+    followup_rate: Annotated[float, typer.Option(min=0, max=1, help="patients with near-duplicate follow-ups")] = 0.2,
+    max_followups: Annotated[int, typer.Option(min=1, help="follow-ups per such patient, 1..max")] = 4,
+    image_format: Annotated[SynthFormat, typer.Option("--format", help="png, or 12-bit CR DICOM + sidecars")] = (
+        SynthFormat.png
+    ),
+    workers: Annotated[int, typer.Option(min=0, help="rendering processes (0: one per CPU)")] = 1,
+) -> None:
+    """Generate a seeded, long-tailed, chest-X-ray-like image-report set (train.csv / test.csv for ingest)."""
+    import sys
+    from dataclasses import asdict
+
+    from tqdm import tqdm
+
+    from workers.synth import generate, survives_ingest
+
+    try:
+        with tqdm(total=train + test, unit="pair", desc="synth", file=sys.stderr) as bar:
+            summary = generate(
+                out_dir,
+                n_train=train,
+                n_test=test,
+                seed=seed,
+                image_size=size,
+                noise_rate=noise_rate,
+                corrupt_rate=corrupt_rate,
+                followup_rate=followup_rate,
+                max_followups=max_followups,
+                dicom=image_format is SynthFormat.dicom,
+                workers=workers,
+                progress=bar.update,
+            )
+    except (ValueError, FileExistsError) as exc:
+        raise _fail(str(exc)) from exc
+    table = Table("finding", "train share", "test share", title=f"synthetic CXR set in {out_dir}")
+    for label, share in sorted(summary.prevalence.items(), key=lambda item: -item[1]):
+        table.add_row(label or "[italic](no finding)", f"{share:.4f}", f"{summary.test_prevalence[label]:.4f}")
+    Console().print(table)
+    facts = Table("figure", "value")
+    facts.add_row("train / test studies", f"{summary.n_train} / {summary.n_test}")
+    facts.add_row("train / test patients", f"{summary.patients_train} / {summary.patients_test}")
+    facts.add_row("near-duplicate follow-ups (train)", str(summary.near_duplicates))
+    for kind, n in summary.noise.items():
+        verdict = "kept" if survives_ingest(kind, image_format.value) else "rejected"
+        facts.add_row(f"noise: {kind} (ingest: {verdict})", str(n))
+    ingest = summary.expected_ingest["train"]
+    facts.add_row("train.csv ingest: accepted / rejected", f"{ingest['accepted']} / {ingest['rejected']}")
+    facts.add_row("pairs per second", f"{summary.pairs_per_s:.0f}")
+    Console().print(facts)
+    typer.echo(json.dumps(asdict(summary)))
 
 
 @app.command()

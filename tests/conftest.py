@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -13,19 +14,29 @@ PG_ADMIN_URL = os.environ.get("CHEX_TEST_PG", "postgresql://postgres@127.0.0.1:5
 REDIS_URL = os.environ.get("CHEX_TEST_REDIS", "redis://127.0.0.1:6379/15")
 
 
-@pytest.fixture(scope="session")
-def pg_url() -> Iterator[str]:
-    """A new, migrated database on the real Postgres, dropped at the end of the session."""
+@contextlib.contextmanager
+def scratch_database(migrate: bool = True) -> Iterator[str]:
+    """A new database on the real Postgres (migrated unless told not to), dropped afterwards; yields its URL."""
     from service.migrate import upgrade
 
     name = f"chex_test_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     url = PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
-    upgrade(url)
-    yield url
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    try:
+        if migrate:
+            upgrade(url)
+        yield url
+    finally:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A new, migrated database on the real Postgres, dropped at the end of the session."""
+    with scratch_database() as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
