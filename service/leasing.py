@@ -7,7 +7,7 @@ the same row; an acknowledgement marks rows done; an epoch ends when every row i
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 from numpy.typing import NDArray
@@ -107,8 +107,10 @@ def epoch_open(session: Session, run_id: int, epoch: int) -> bool:
 
 
 def next_lease_expiry(session: Session, run_id: int, epoch: int) -> datetime | None:
-    return session.scalar(
+    expiry = session.scalar(
         select(func.min(EpochItem.lease_expires_at)).where(
             EpochItem.run_id == run_id, EpochItem.epoch == epoch, EpochItem.state == "leased"
         )
     )
+    # SQLite keeps no zone: its timestamps are the UTC ones written, read back naive
+    return expiry.replace(tzinfo=UTC) if expiry is not None and expiry.tzinfo is None else expiry

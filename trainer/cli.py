@@ -102,5 +102,68 @@ def eval_command(
         json_out.write_text(text + "\n")
 
 
+@app.command("train")
+def train_command(
+    api: Annotated[str, typer.Option(envvar="CHEX_API", help="base URL of the curation service")],
+    run: Annotated[int, typer.Option(min=1, help="run id to train")],
+    token: Annotated[str | None, typer.Option(envvar="CHEX_TOKEN", help="trainer token scoped to the run")] = None,
+    model: Annotated[str, typer.Option(help="model preset: default (DINOv2 + Bio_ClinicalBERT), minilm, tiny")] = (
+        "default"
+    ),
+    data_root: Annotated[
+        Path, typer.Option(file_okay=False, help="where the dataset's image URIs resolve (the dataset root)")
+    ] = Path("."),
+    out: Annotated[Path, typer.Option(file_okay=False, help="checkpoints and metrics")] = Path("runs/trainer"),
+    device: Annotated[str | None, typer.Option(help="torch device (default: cuda when available, else cpu)")] = None,
+    amp: Annotated[str, typer.Option(help="mixed precision: off, bf16 or fp16 (CUDA only)")] = "off",
+    select_mode: Annotated[
+        str, typer.Option(help="grad: select from the training forward; nograd: no-grad pass, train kept rows only")
+    ] = "grad",
+    lr: Annotated[float, typer.Option(min=0)] = 5e-5,
+    weight_decay: Annotated[float, typer.Option(min=0)] = 0.2,
+    lr_warmup_steps: Annotated[int | None, typer.Option(min=0, help="default: 5% of the horizon")] = None,
+    total_steps: Annotated[
+        int | None, typer.Option(min=1, help="cosine horizon (default: estimated from the run's epochs)")
+    ] = None,
+    grad_clip: Annotated[float, typer.Option(min=0, help="max gradient norm; 0 disables")] = 1.0,
+    accumulate: Annotated[int, typer.Option(min=1, help="manifests per optimiser step")] = 1,
+    max_steps: Annotated[int | None, typer.Option(min=1, help="stop after this many manifests")] = None,
+    checkpoint_every: Annotated[int, typer.Option(min=1)] = 50,
+    resume: Annotated[bool, typer.Option(help="continue from OUT/latest.pt when it exists")] = False,
+    prefetch: Annotated[int, typer.Option(min=1, help="manifests leased and loaded ahead")] = 2,
+    workers: Annotated[int, typer.Option(min=1, help="image loading threads")] = 4,
+    seed: Annotated[int, typer.Option()] = 0,
+    metrics: Annotated[Path | None, typer.Option(help="JSONL metrics (default: OUT/metrics.jsonl)")] = None,
+    tensorboard: Annotated[Path | None, typer.Option(help="TensorBoard log dir (needs tensorboard)")] = None,
+    progress: Annotated[bool, typer.Option(help="progress bar")] = True,
+) -> None:
+    """Train a CLIP model on a run, driven by the service: warm-up → curation → subset epochs. The last line on
+    stdout is a JSON summary. Under torchrun, rank 0 talks to the service and every rank trains."""
+    from trainer.client import ServiceError
+    from trainer.train import TrainConfig, train
+
+    try:
+        config = TrainConfig(
+            api=api, run_id=run, token=token, model=model, data_root=data_root, out=out, device=device,
+            amp=amp,  # type: ignore[arg-type]
+            select_mode=select_mode,  # type: ignore[arg-type]
+            lr=lr, weight_decay=weight_decay, lr_warmup_steps=lr_warmup_steps, total_steps=total_steps,
+            grad_clip=grad_clip or None, accumulate=accumulate, max_steps=max_steps,
+            checkpoint_every=checkpoint_every, resume=resume, prefetch=prefetch, workers=workers, seed=seed,
+            metrics=metrics or out / "metrics.jsonl", tensorboard=tensorboard, progress=progress,
+        )  # fmt: skip
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    try:
+        summary = train(config)
+    except ServiceError as exc:
+        typer.echo(f"error: the service refused: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(json.dumps(summary.to_dict()))
+
+
 if __name__ == "__main__":
     app()

@@ -6,14 +6,14 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from workers.curation import CurationConfig
 
 from ..deps import AdminDep, DispatcherDep, RunAccessDep, RunId, SessionDep
 from ..errors import ApiError
 from ..lifecycle import start
-from ..models import Dataset, Run
+from ..models import Dataset, EpochItem, Run
 from ..schemas.runs import RunCreate, RunOut
 from ..schemas.tasks import TaskAccepted
 
@@ -43,11 +43,18 @@ def list_runs(session: SessionDep, _: AdminDep) -> list[Run]:
 
 
 @router.get("/{run_id}", response_model=RunOut)
-def get_run(run_id: RunId, session: SessionDep, _: RunAccessDep) -> Run:
+def get_run(run_id: RunId, session: SessionDep, _: RunAccessDep) -> RunOut:
+    """The run, with the size of its current epoch and how much of it is done (what a trainer's progress bar
+    and learning-rate horizon need)."""
     run = session.get(Run, run_id)
     if run is None:
         raise ApiError(404, "unknown_run", f"run {run_id} does not exist")
-    return run
+    size, done = session.execute(
+        select(func.count(), func.count().filter(EpochItem.state == "done")).where(
+            EpochItem.run_id == run.id, EpochItem.epoch == run.epoch
+        )
+    ).one()
+    return RunOut.model_validate(run).model_copy(update={"epoch_size": size, "epoch_done": done})
 
 
 @router.post(

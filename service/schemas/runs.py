@@ -32,6 +32,8 @@ class RunOut(BaseModel):
     model_id: str | None
     checkpoint_step: int | None
     created_at: datetime
+    epoch_size: int | None = Field(None, description="rows of the current epoch (GET of one run only)")
+    epoch_done: int | None = Field(None, description="rows of the current epoch acknowledged (GET of one run only)")
 
 
 class ManifestRequest(BaseModel):
