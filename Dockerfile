@@ -18,7 +18,7 @@ COPY trainer /app/trainer
 
 # ---------------------------------------------------------------------------------------------- CPU
 FROM ${PYTHON_IMAGE} AS cpu-base
-RUN useradd --create-home --uid 10001 --user-group chex && mkdir -p /data && chown chex:chex /data
+RUN useradd --create-home --uid 10001 --user-group chex && mkdir -p /data /indexes && chown chex:chex /data /indexes
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
     VIRTUAL_ENV=/opt/venv PATH=/opt/venv/bin:$PATH \
     NUMBA_CACHE_DIR=/tmp/numba MPLCONFIGDIR=/tmp/matplotlib
@@ -55,7 +55,7 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends python3.11 python3.11-venv libgomp1 \
  && apt-get purge -y software-properties-common gnupg && apt-get autoremove -y \
  && rm -rf /var/lib/apt/lists/* \
- && useradd --create-home --uid 10001 --user-group chex && mkdir -p /data && chown chex:chex /data
+ && useradd --create-home --uid 10001 --user-group chex && mkdir -p /data /indexes && chown chex:chex /data /indexes
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
     VIRTUAL_ENV=/opt/venv PATH=/opt/venv/bin:$PATH \
     NUMBA_CACHE_DIR=/tmp/numba MPLCONFIGDIR=/tmp/matplotlib

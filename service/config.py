@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import tempfile
 from functools import lru_cache
+from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -31,6 +33,8 @@ class Settings(BaseSettings):
     retry_after_seconds: int = Field(5, ge=1)
     #: rows per COPY / insert chunk when storing embeddings and decisions
     write_chunk_rows: int = Field(50_000, ge=1)
+    #: where per-run FAISS neighbour indexes are kept; shared by the API and the workers (a volume in compose)
+    neighbour_index_dir: Path = Path(tempfile.gettempdir()) / "chexcurate-neighbours"
 
 
 @lru_cache

@@ -62,6 +62,24 @@ class Dispatcher:
         task = self._send(name, args)
         return TaskAccepted(task_id=task.id, status_url=f"/v1/tasks/{task.id}")
 
+    def submit_once(self, name: str, args: list[Any], key: str) -> TaskAccepted:
+        """Like :meth:`submit`, but callers asking with the same ``key`` while the task may still run share
+        one task (its id is kept in Redis for the visibility timeout)."""
+        assert self.redis is not None
+        try:
+            existing = self.redis.get(key)
+            if existing is None:
+                accepted = self.submit(name, args)
+                if self.redis.set(key, accepted.task_id, nx=True, ex=self.settings.visibility_timeout_seconds):
+                    return accepted
+                existing = self.redis.get(key) or accepted.task_id  # another caller's task won the race
+        except ServiceUnavailable:
+            raise
+        except Exception as exc:  # redis.ConnectionError and timeouts alike
+            raise ServiceUnavailable(f"the broker cannot be reached ({type(exc).__name__})") from exc
+        task_id = existing.decode() if isinstance(existing, bytes) else str(existing)
+        return TaskAccepted(task_id=task_id, status_url=f"/v1/tasks/{task_id}")
+
     def status(self, task_id: str) -> TaskStatus:
         assert self.celery is not None
         result = self.celery.AsyncResult(task_id)

@@ -234,3 +234,17 @@ def test_neighbours_need_an_admin_token(client, make_token, run) -> None:
     assert client.get(url, headers={"Authorization": "Bearer nope"}).status_code == 401
     r = client.get(url, headers=make_token("trainer", [run_id]))  # even a trainer scoped to the run
     assert r.status_code == 403 and r.json()["error"] == "forbidden"
+
+
+def test_index_can_be_built_ahead_and_needs_embeddings(client, admin, db, run) -> None:
+    run_id, _, _ = run
+    built = client.post(f"/v1/runs/{run_id}/neighbour-index", headers=admin)
+    assert built.status_code == 200, built.text
+    assert built.json() == {"kind": "flat", "rows": EMBEDDED, "dim": DIM, "max_step": built.json()["max_step"]}
+    dataset_id, _ = make_dataset(db, 4)
+    bare = client.post(
+        "/v1/runs", json={"dataset_id": dataset_id, "config": {"k": 2, "warmup_samples": 2}}, headers=admin
+    )
+    r = client.post(f"/v1/runs/{bare.json()['id']}/neighbour-index", headers=admin)
+    assert r.status_code == 409 and r.json()["error"] == "no_embeddings"
+    assert client.post(f"/v1/runs/{10**12}/neighbour-index", headers=admin).status_code == 404

@@ -28,7 +28,7 @@ def poll(http: httpx.Client, status_url: str, timeout: float = 120) -> dict:
     raise AssertionError(f"task did not finish: {status}")
 
 
-def test_background_dicom_scan_and_offline_curation(stack_env, client, db, admin, tmp_path) -> None:
+def test_background_dicom_scan_offline_curation_and_neighbour_index(stack_env, client, db, admin, tmp_path) -> None:
     root = tmp_path / "dicom"
     root.mkdir()
     shutil.copy(f"{SHARED_DATA}/dicom/RG1_UNCR.dcm", root / "a.dcm")
@@ -48,7 +48,8 @@ def test_background_dicom_scan_and_offline_curation(stack_env, client, db, admin
         headers={**admin, "Content-Type": "application/octet-stream"},
     ).raise_for_status()
 
-    with uvicorn_server(stack_env) as url, celery_worker(stack_env):
+    env = {**stack_env, "CHEX_NEIGHBOUR_INDEX_DIR": str(tmp_path / "indexes")}
+    with uvicorn_server(env) as url, celery_worker(env):
         http = httpx.Client(base_url=url, headers=admin, timeout=60)
         queued = http.post(
             f"/v1/datasets/{dataset_id}/dicom-scan?background=true", json={"folder": ".", "synthesize_reports": True}
@@ -64,6 +65,22 @@ def test_background_dicom_scan_and_offline_curation(stack_env, client, db, admin
         assert done["state"] == "SUCCESS", done
         assert done["result"]["rows"] == 900 and 0 < done["result"]["subset_ratio"] < 1
         assert http.get("/v1/tasks/not-a-task").json()["state"] == "PENDING"
+
+        # the neighbour index is built by the worker: 202 + one shared task while it is missing, then served
+        sample = sample_ids[0]
+        first = http.get(f"/v1/runs/{run_id}/samples/{sample}/neighbours", params={"k": 5})
+        again = http.post(f"/v1/runs/{run_id}/neighbour-index")
+        assert first.status_code == again.status_code == 202, (first.text, again.text)
+        assert first.headers["Retry-After"] and first.json()["task_id"] == again.json()["task_id"]
+        built = poll(http, first.json()["status_url"])
+        assert built["state"] == "SUCCESS" and built["result"]["rows"] == 900, built
+        assert list((tmp_path / "indexes").glob("*.faiss")), "the worker left no index file for the API"
+        found = http.get(f"/v1/runs/{run_id}/samples/{sample}/neighbours", params={"k": 5})
+        assert found.status_code == 200, found.text
+        unit = emb.astype(np.float32) / np.linalg.norm(emb.astype(np.float32), axis=1, keepdims=True)
+        want = np.argsort(-(unit @ unit[0]), kind="stable")[1:6]
+        assert [n["sample_id"] for n in found.json()["neighbours"]] == [sample_ids[i] for i in want]
+        assert http.post(f"/v1/runs/{run_id}/neighbour-index").json()["rows"] == 900
     db.expire_all()
     run = db.get(Run, run_id)
     assert run.phase == "done" and run.progress["job"] == "offline_curation" and run.progress["stage"] == "done"

@@ -15,6 +15,8 @@ TASK_CURATE = "chexcurate.curate_manifest"
 TASK_INIT_PROTOTYPES = "chexcurate.init_prototypes"
 TASK_DICOM_SCAN = "chexcurate.dicom_scan"
 TASK_OFFLINE = "chexcurate.offline_curation"
+TASK_NEIGHBOUR_INDEX = "chexcurate.neighbour_index"
+REFRESH_TASKS = (TASK_INIT_PROTOTYPES, TASK_DICOM_SCAN, TASK_OFFLINE, TASK_NEIGHBOUR_INDEX)
 
 
 def make_celery(settings: Settings, include: tuple[str, ...] = ()) -> Celery:
@@ -37,7 +39,10 @@ def make_celery(settings: Settings, include: tuple[str, ...] = ()) -> Celery:
         broker_transport_options={"visibility_timeout": settings.visibility_timeout_seconds},
         result_expires=3600,
         task_default_queue=QUEUE_REFRESH,
-        task_routes={TASK_CURATE: {"queue": QUEUE_CURATION}, TASK_INIT_PROTOTYPES: {"queue": QUEUE_REFRESH}},
+        task_routes={
+            TASK_CURATE: {"queue": QUEUE_CURATION},
+            **{name: {"queue": QUEUE_REFRESH} for name in REFRESH_TASKS},
+        },
         broker_connection_retry_on_startup=True,
         task_always_eager=settings.broker_url is None,
         task_eager_propagates=True,

@@ -14,6 +14,7 @@ from service.config import get_settings
 from service.db import make_engine, session_factory
 from service.lifecycle import PrototypeCache
 from workers.curation import Backend, CpuBackend, CurationConfig, default_backend, select_batch
+from workers.jobs.neighbours import NeighbourIndexCache
 
 
 @dataclass
@@ -21,6 +22,7 @@ class WorkerState:
     sessions: sessionmaker[Session]
     redis: redis.Redis
     backend: Backend
+    neighbour_indexes: NeighbourIndexCache
     prototypes: PrototypeCache = field(default_factory=dict)
 
 
@@ -33,6 +35,7 @@ def worker_state() -> WorkerState:
         sessions=session_factory(make_engine(settings.database_url)),
         redis=redis.Redis.from_url(settings.broker_url),
         backend=default_backend(),
+        neighbour_indexes=NeighbourIndexCache(settings.neighbour_index_dir),
     )
 
 

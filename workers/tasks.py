@@ -18,7 +18,7 @@ from service.models import Dataset
 from service.schemas.datasets import DicomScanRequest
 from service.steps import apply_embeddings, manifest_phase
 
-from .celery_app import TASK_CURATE, TASK_DICOM_SCAN, TASK_INIT_PROTOTYPES, TASK_OFFLINE, app
+from .celery_app import TASK_CURATE, TASK_DICOM_SCAN, TASK_INIT_PROTOTYPES, TASK_NEIGHBOUR_INDEX, TASK_OFFLINE, app
 from .state import warm_up, worker_state
 
 
@@ -112,3 +112,17 @@ def offline_curation(self: Task, run_id: int) -> dict[str, Any]:
         return run_offline_curation(state.sessions, run_id, progress)
     except ApiError as exc:
         return {"error": exc.code, "status": exc.status, "detail": exc.detail, **exc.extra}
+
+
+@app.task(name=TASK_NEIGHBOUR_INDEX)
+def neighbour_index(run_id: int) -> dict[str, Any]:
+    """Build (or find) the run's FAISS neighbour index and leave it in the shared index directory."""
+    state = worker_state()
+    index = state.neighbour_indexes.get(state.sessions, run_id)
+    return {
+        "run_id": run_id,
+        "kind": index.kind,
+        "rows": index.key.rows,
+        "dim": index.dim,
+        "max_step": index.key.max_step,
+    }

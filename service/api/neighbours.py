@@ -4,30 +4,32 @@ Why was a sample kept or dropped? Its own decision (band, prototype, distance) n
 samples and theirs shows whether it sat in a dense redundant region (neighbours mostly central and
 dropped), at a cluster edge (support), or away from everything (outlier).
 
-The index is built in-process on first use and cached per run (memory + files under
-``CHEX_NEIGHBOUR_INDEX_DIR``, default ``<tmp>/chexcurate-neighbours``); see ``workers.jobs.neighbours``.
+The index of a run is cached in memory and as a file under ``neighbour_index_dir`` (shared by the API and the
+workers); see ``workers.jobs.neighbours``. With workers, a missing or stale index is built by a task on the
+``refresh`` queue: the lookup answers 202 with the task to poll and Retry-After, and serves from the file once
+it is there. In the embedded mode it is built in the request.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 import threading
-from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, FastAPI, Query, Request
+from fastapi import APIRouter, FastAPI, Query, Request, Response, status
+from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from workers.curation import BAND_LABELS
-from workers.jobs.neighbours import NeighbourIndexCache, neighbours
+from workers.jobs.neighbours import IndexState, NeighbourIndexCache, neighbours
 
 from .. import stats
-from ..deps import AdminDep, RunId, SampleId, SessionDep
+from ..config import Settings
+from ..deps import AdminDep, DispatcherDep, RunId, SampleId, SessionDep, SettingsDep
 from ..errors import ApiError
 from ..models import Decision, Embedding, Sample
+from ..schemas.tasks import TaskAccepted
 
 router = APIRouter(prefix="/v1/runs", tags=["admin"])
 
@@ -73,30 +75,79 @@ class NeighboursOut(BaseModel):
     neighbours: list[NeighbourOut]
 
 
-def index_directory() -> Path:
-    configured = os.environ.get("CHEX_NEIGHBOUR_INDEX_DIR")
-    return Path(configured) if configured else Path(tempfile.gettempdir()) / "chexcurate-neighbours"
-
-
-def neighbour_cache(app: FastAPI) -> NeighbourIndexCache:
+def neighbour_cache(app: FastAPI, settings: Settings) -> NeighbourIndexCache:
     with _cache_guard:
         cache = getattr(app.state, "neighbour_cache", None)
         if cache is None:
-            cache = app.state.neighbour_cache = NeighbourIndexCache(index_directory())
+            cache = app.state.neighbour_cache = NeighbourIndexCache(settings.neighbour_index_dir)
         return cache
 
 
-@router.get("/{run_id}/samples/{sample_id}/neighbours", response_model=NeighboursOut)
+def _index_or_task(
+    request: Request, settings: Settings, dispatcher: Any, run_id: int, response: Response
+) -> IndexState | TaskAccepted:
+    """The run's current index; with workers, when it is not built yet, the (shared) task building it."""
+    cache = neighbour_cache(request.app, settings)
+    sessions = request.app.state.sessions
+    if dispatcher.eager:
+        return cache.get(sessions, run_id)
+    key, state = cache.cached(sessions, run_id)
+    if state is not None:
+        return state
+    from workers.celery_app import TASK_NEIGHBOUR_INDEX
+
+    response.status_code = status.HTTP_202_ACCEPTED
+    response.headers["Retry-After"] = str(settings.retry_after_seconds)
+    return dispatcher.submit_once(TASK_NEIGHBOUR_INDEX, [run_id], f"chex:neighbour-index:{key.filename('task')}")
+
+
+def _index_out(state: IndexState) -> IndexOut:
+    return IndexOut(kind=state.kind, rows=state.key.rows, dim=state.dim, max_step=state.key.max_step)
+
+
+@router.post(
+    "/{run_id}/neighbour-index",
+    response_model=IndexOut | TaskAccepted,
+    responses={202: {"model": TaskAccepted, "description": "being built by a worker (refresh queue)"}},
+)
+async def build_neighbour_index(
+    run_id: RunId,
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    settings: SettingsDep,
+    dispatcher: DispatcherDep,
+    _: AdminDep,
+) -> IndexOut | TaskAccepted:
+    """Build the run's neighbour index ahead of lookups (after curation, say): 202 and a task to poll with
+    workers, the index's description at once when it is current or in the embedded mode."""
+    stats.load_run(session, run_id)
+    if session.scalar(select(Embedding.sample_id).where(Embedding.run_id == run_id).limit(1)) is None:
+        raise ApiError(409, "no_embeddings", f"run {run_id} has no stored embeddings to index")
+    session.rollback()
+    found = await run_in_threadpool(_index_or_task, request, settings, dispatcher, run_id, response)
+    return _index_out(found) if isinstance(found, IndexState) else found
+
+
+@router.get(
+    "/{run_id}/samples/{sample_id}/neighbours",
+    response_model=NeighboursOut | TaskAccepted,
+    responses={202: {"model": TaskAccepted, "description": "the index is being built by a worker; ask again"}},
+)
 def sample_neighbours(
     run_id: RunId,
     sample_id: SampleId,
     request: Request,
+    response: Response,
     session: SessionDep,
+    settings: SettingsDep,
+    dispatcher: DispatcherDep,
     _: AdminDep,
     k: Annotated[int, Query(ge=1, le=MAX_K, description="how many neighbours")] = 10,
-) -> NeighboursOut:
+) -> NeighboursOut | TaskAccepted:
     """The sample's decision and its ``k`` nearest samples by cosine similarity of the run's stored
-    embeddings, each with its own latest decision (null when it has none)."""
+    embeddings, each with its own latest decision (null when it has none). With workers, 202 + the index
+    build task while the run's index is not built yet."""
     run = stats.load_run(session, run_id)
     sample = session.get(Sample, sample_id)
     if sample is None or sample.dataset_id != run.dataset_id:
@@ -108,7 +159,9 @@ def sample_neighbours(
         raise ApiError(404, "no_embedding", f"sample {sample_id} has no stored embedding in run {run_id}")
     external_id, image_uri = sample.external_id, sample.image_uri
     session.rollback()  # the build reads on its own connections: hold no transaction open meanwhile
-    state = neighbour_cache(request.app).get(request.app.state.sessions, run_id)
+    state = _index_or_task(request, settings, dispatcher, run_id, response)
+    if isinstance(state, TaskAccepted):
+        return state
     try:
         hits = neighbours(state, sample_id, k)
     except KeyError:  # deleted between the check and the build
@@ -123,7 +176,7 @@ def sample_neighbours(
         image_uri=image_uri,
         decision=decisions.get(sample_id),
         k=k,
-        index=IndexOut(kind=state.kind, rows=state.key.rows, dim=state.dim, max_step=state.key.max_step),
+        index=_index_out(state),
         neighbours=[
             NeighbourOut(
                 sample_id=i,

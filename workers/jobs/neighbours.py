@@ -207,6 +207,15 @@ class NeighbourIndexCache:
         self._locks: dict[tuple[str, int], threading.Lock] = {}
         self._guard = threading.Lock()
 
+    def cached(self, sessions: sessionmaker[Session], run_id: int) -> tuple[IndexKey, IndexState | None]:
+        """The run's current key, and its index when one is in memory or on disk (never builds)."""
+        namespace = database_namespace(sessions)
+        key = current_key(sessions, run_id)
+        state = self._remembered((namespace, run_id), key) or self._from_file(namespace, key)
+        if state is not None:
+            self._remember((namespace, run_id), state)
+        return key, state
+
     def get(self, sessions: sessionmaker[Session], run_id: int) -> IndexState:
         namespace = database_namespace(sessions)
         slot = (namespace, run_id)
