@@ -178,8 +178,9 @@ def report(args: argparse.Namespace, runs: list[Measured], load: tuple[float, fl
     lines += [
         "",
         f"The overhead is the read, {read_us:.1f} us a row here, and it is CPU-bound on this 2-core box: the "
-        "server detoasts each 2 KB vector from TOAST (two chunks; `COPY ... TO '/dev/null'` of 200,000 such rows "
-        "alone takes ~0.7 s on one backend, ~0.45 s on two), while the client drains COPY at the libpq "
+        "server reads each 2 KB vector (stored inline since migration 0003; `COPY ... TO '/dev/null'` of 200,000 "
+        "such rows alone took 0.31 s on one backend, 0.64 s when they were TOASTed), while the client drains COPY "
+        "at the libpq "
         "level (one slice assignment a row; a compiled drain loop measured no faster) and widens float16 "
         "with torch's F16C cast, all on the same two cores. k-means cost grows with k x iterations, the read "
         "does not, so the ratio falls as k grows. The box is shared with other jobs: load average "

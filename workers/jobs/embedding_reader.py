@@ -1,12 +1,13 @@
 """A run's stored embeddings as float32 unit rows, read as fast as the database can hand them over.
 
-Why not the ORM, or psycopg's ``Copy`` iterator: a 1024-wide float16 vector is 2 KB, so Postgres keeps it
-in TOAST and the server side of a read costs ~4 us a row; psycopg's generator-based ``Copy`` adds ~10 us a
-row in Python. Here the binary ``COPY ... TO STDOUT`` is drained at the libpq level (one slice assignment
-per row into a preallocated buffer), each chunk is parsed with numpy views (no Python object per row), and
-the sample-id range is split over ``parts`` connections that import one exported snapshot, so every part
-sees the same rows while the server detoasts on several cores. The conversion float16 -> float32 -> unit
-rows runs chunk by chunk (libpq keeps receiving into its socket buffer meanwhile).
+Why not the ORM, or psycopg's ``Copy`` iterator: a 1024-wide float16 vector is 2 KB (kept inline in the heap
+since migration 0003, where Postgres would otherwise move it to TOAST), and the server side of a read costs
+~2-4 us a row; psycopg's generator-based ``Copy`` adds ~10 us a row in Python. Here the binary
+``COPY ... TO STDOUT`` is drained at the libpq level (one slice assignment per row into a preallocated buffer),
+each chunk is parsed with numpy views (no Python object per row), and the sample-id range is split over
+``parts`` connections that import one exported snapshot, so every part sees the same rows while the server
+reads on several cores. The conversion float16 -> float32 -> unit rows runs chunk by chunk (libpq keeps
+receiving into its socket buffer meanwhile).
 
 Callers decide where the rows go through a ``Sink``: a preallocated matrix (``read_embeddings``) or, for
 the neighbour index, a FAISS index fed chunk by chunk (no second copy of the whole set).
@@ -38,7 +39,7 @@ from service.models import Embedding
 CHUNK_ROWS = 4096
 #: below this many rows a part is not worth its own connection
 MIN_PART_ROWS = 20_000
-#: connections a read is split over: the server detoasts on one core per connection
+#: connections a read is split over: the server reads on one core per connection
 DEFAULT_PARTS = max(1, min(4, os.cpu_count() or 1))
 
 _SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
@@ -93,7 +94,7 @@ def engine_of(sessions: sessionmaker[Session]) -> Engine:
 
 
 def stored_ids(sessions: sessionmaker[Session], run_id: int) -> NDArray[np.int64]:
-    """The run's sample ids that have an embedding, ascending (the heap only: no vector is detoasted)."""
+    """The run's sample ids that have an embedding, ascending (ids only: no vector is sent)."""
     engine = engine_of(sessions)
     if engine.dialect.name == "postgresql":
         with _raw(engine) as conn:
