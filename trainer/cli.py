@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -105,7 +106,11 @@ def eval_command(
 @app.command("train")
 def train_command(
     api: Annotated[str, typer.Option(envvar="CHEX_API", help="base URL of the curation service")],
-    run: Annotated[int, typer.Option(min=1, help="run id to train")],
+    # --run-id too: torchrun's argparse refuses a bare --run among the script's arguments (ambiguous with its
+    # --run-path), so `torchrun ... chexcurate-train train --run 42` never reaches the trainer
+    run: Annotated[
+        int, typer.Option("--run", "--run-id", envvar="CHEX_RUN", min=1, help="run id to train (alias --run-id)")
+    ],
     token: Annotated[str | None, typer.Option(envvar="CHEX_TOKEN", help="trainer token scoped to the run")] = None,
     model: Annotated[str, typer.Option(help="model preset: default (DINOv2 + Bio_ClinicalBERT), minilm, tiny")] = (
         "default"
@@ -162,7 +167,8 @@ def train_command(
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
-    typer.echo(json.dumps(summary.to_dict()))
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every rank returns a summary; rank 0 reports
+        typer.echo(json.dumps(summary.to_dict()))
 
 
 if __name__ == "__main__":

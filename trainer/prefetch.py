@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -20,7 +21,12 @@ DONE: dict[str, Any] = {"done": True}
 
 
 class ManifestFeed:
-    """Leases the run's next manifests into a bounded queue; waits (as told by the service) while none is free."""
+    """Leases the run's next manifests into a bounded queue; waits (as told by the service) while none is free.
+
+    At the end of an epoch nothing is free while this trainer's own last manifests are still in flight, and the
+    service's ``wait_seconds`` is the time to their lease expiry: :meth:`nudge` (called when the trainer finishes
+    a manifest) ends the pause at once, so the next epoch starts without waiting out ``max_wait``.
+    """
 
     def __init__(
         self,
@@ -34,6 +40,7 @@ class ManifestFeed:
         self.client, self.run_id, self.declare, self.size, self.max_wait = client, run_id, declare, size, max_wait
         self.queue: queue.Queue[dict[str, Any] | BaseException] = queue.Queue(maxsize=depth)
         self.stopped = threading.Event()
+        self.wake = threading.Event()
         self.waited = 0.0
         self.thread = threading.Thread(target=self._run, name="manifest-feed", daemon=True)
         self.thread.start()
@@ -49,6 +56,7 @@ class ManifestFeed:
     def _run(self) -> None:
         try:
             while not self.stopped.is_set():
+                self.wake.clear()  # before asking: a manifest finished while the request is in flight still wakes
                 model_id, checkpoint_step = self.declare()
                 manifest = self.client.next_manifest(self.run_id, self.size, model_id, checkpoint_step)
                 if manifest["items"]:
@@ -58,8 +66,9 @@ class ManifestFeed:
                     return
                 else:  # other trainers hold the rest of the epoch, or the prototypes are being initialised
                     pause = min(self.max_wait, float(manifest.get("wait_seconds") or 1.0))
-                    self.waited += pause
-                    self.stopped.wait(pause)
+                    started = time.monotonic()
+                    self.wake.wait(pause)
+                    self.waited += time.monotonic() - started
         except BaseException as exc:  # noqa: BLE001 - handed to the training thread, which raises it
             self._put(exc)
 
@@ -72,8 +81,13 @@ class ManifestFeed:
             raise item
         return item
 
+    def nudge(self) -> None:
+        """The trainer finished a manifest (posted or acknowledged): rows may have come free; ask again now."""
+        self.wake.set()
+
     def close(self) -> None:
         self.stopped.set()
+        self.wake.set()
         self.thread.join(timeout=5)
 
 

@@ -25,7 +25,7 @@ from torch import nn
 
 from .checkpoint import LATEST, load_checkpoint, save_checkpoint
 from .client import ServiceClient, ServiceError
-from .data import Batch, ImageTransform, encode_batch
+from .data import Batch, ImageTransform, encode_batch, tokenize
 from .distributed import World, broadcast_object, cleanup, gather_objects, gather_rows, init_distributed
 from .loss import clip_loss
 from .model import ClipModel, build_model
@@ -99,6 +99,8 @@ class Summary:
     final_loss: float | None = None
     finished: bool = False
     checkpoint: str | None = None
+    #: the checkpoint step this process continued from (``--resume`` with a checkpoint), else None
+    resumed_from_step: int | None = None
 
     @property
     def select_compute_saved(self) -> float:
@@ -181,8 +183,13 @@ class Trainer:
         return f"{self.cfg.model}:{cfg.vision}+{cfg.text}"
 
     def restore(self) -> None:
+        """Continue from ``out/latest.pt``; every rank loads it, so ``out`` must be storage all ranks share."""
         path = self.cfg.out / LATEST
-        if not path.exists():
+        found = gather_objects(path.exists())
+        if any(found) and not all(found):
+            missing = [rank for rank, seen in enumerate(found) if not seen]
+            raise ValueError(f"ranks {missing} cannot see {path}: --out must be on storage shared by every rank")
+        if not found[0]:
             return
         state = load_checkpoint(path)
         if int(state["run_id"]) != self.cfg.run_id:
@@ -194,6 +201,7 @@ class Trainer:
         self.step, self.optimizer_step = int(state["step"]), int(state["optimizer_step"])
         self.subset_ratio = float(state.get("subset_ratio", self.subset_ratio))
         self.summary.checkpoint = str(path)
+        self.summary.resumed_from_step = self.step
 
     def checkpoint(self) -> None:
         if not self.world.is_main:
@@ -242,8 +250,32 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=dtype)
 
     def encode(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Forward with gradient, through DDP. Every rank must take part in it and in the backward's gradient
+        all-reduce, so a rank whose share of the rows is empty forwards one placeholder pair and keeps none of its
+        rows: its graph still reaches every parameter and contributes zeros."""
+        if len(batch) == 0:
+            img, txt, scale = self.encode(self.placeholder())
+            return img[:0], txt[:0], scale
         with self.autocast():
             return self.net(batch.pixel_values, batch.input_ids, batch.attention_mask)
+
+    @torch.no_grad()
+    def encode_nograd(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Forward without gradient on the bare model: no DDP collective, so an empty share needs no forward."""
+        if len(batch) == 0:
+            empty = torch.zeros((0, self.model.proj_dim), device=self.device)
+            return empty, empty.clone(), self.model.scale()
+        with self.autocast():
+            return self.model(batch.pixel_values, batch.input_ids, batch.attention_mask)
+
+    def placeholder(self) -> Batch:
+        """One blank image and an empty report (the tokenizer's special tokens only)."""
+        size = self.model.config.image_size
+        input_ids, attention_mask = tokenize(self.model.tokenizer, [""], self.model.config.max_tokens)
+        return Batch(
+            sample_ids=[-1], pixel_values=torch.zeros((1, 3, size, size)), input_ids=input_ids,
+            attention_mask=attention_mask,
+        ).to(self.device)  # fmt: skip
 
     def load(self, items: list[Any]) -> Batch:
         batch = encode_batch(
@@ -325,19 +357,19 @@ class Trainer:
             pass  # every image was unreadable and reported: the service holds no row of this manifest any more
         elif phase == "warmup":
             self.model.eval()
-            with torch.no_grad():
-                img, txt, _ = self.encode(batch)
+            img, txt, _ = self.encode_nograd(batch)
             self.post(manifest, curation_features(img, txt), batch)
             self.model.train()
             record["select_s"] = time.perf_counter() - started
         elif phase == "curation":
             record.update(self.curation_step(manifest, batch))
         else:
-            self.model.train()
-            img, txt, scale = self.encode(batch)
-            record["loss"] = self.optimise(img, txt, scale)
-            record["train_s"] = time.perf_counter() - started
-            self.summary.trained_rows += rows
+            if rows >= 2:  # a single pair has no negatives (and no rank has a row when every image was unreadable)
+                self.model.train()
+                img, txt, scale = self.encode(batch)
+                record["loss"] = self.optimise(img, txt, scale)
+                record["train_s"] = time.perf_counter() - started
+                self.summary.trained_rows += rows
             if self.world.is_main and self.client is not None:
                 try:
                     self.client.ack(self.cfg.run_id, manifest["manifest_id"])
@@ -353,8 +385,7 @@ class Trainer:
         started = time.perf_counter()
         self.model.train()
         if self.cfg.select_mode == "nograd":
-            with torch.no_grad():
-                img, txt, scale = self.encode(batch)
+            img, txt, scale = self.encode_nograd(batch)
         else:
             img, txt, scale = self.encode(batch)
         answer = self.post(manifest, curation_features(img, txt), batch)
@@ -365,7 +396,10 @@ class Trainer:
             return record
         keep = self.local_keep(answer, batch)
         trained = time.perf_counter()
-        if self.cfg.select_mode == "nograd":
+        rows, kept = len(answer["keep"]), int(answer["kept"])
+        if self.cfg.select_mode == "nograd" and kept < 2:
+            pass  # every rank sees the same answer: none forwards a batch that cannot make a loss
+        elif self.cfg.select_mode == "nograd":
             kept_batch = Batch(
                 sample_ids=[s for s, k in zip(batch.sample_ids, keep.tolist(), strict=True) if k],
                 pixel_values=batch.pixel_values[keep],
@@ -373,14 +407,14 @@ class Trainer:
                 attention_mask=batch.attention_mask[keep],
             )
             img, txt, scale = self.encode(kept_batch)
+            record["loss"] = self.optimise(img, txt, scale)
         else:
-            img, txt = img[keep], txt[keep]
-        record["loss"] = self.optimise(img, txt, scale)
+            record["loss"] = self.optimise(img[keep], txt[keep], scale)
         record["train_s"] = time.perf_counter() - trained
-        rows, kept = len(answer["keep"]), int(answer["kept"])
         record.update(kept=kept, prototype_version=answer["new_prototype_version"])
         self.summary.kept += kept
-        self.summary.trained_rows += kept
+        if kept >= 2:
+            self.summary.trained_rows += kept
         self.summary.curation_compute_grad_mode += 3 * rows
         self.summary.curation_compute += rows + 3 * kept if self.cfg.select_mode == "nograd" else 3 * rows
         return record
@@ -413,6 +447,8 @@ class Trainer:
                     self.total_steps = int(broadcast_object(self.total_steps))
                     bar.set_description(f"{manifest['phase']} epoch {manifest['epoch']}")
                 record = self.run_step(manifest, batch)
+                if feed is not None:
+                    feed.nudge()  # this manifest is done: at an epoch's end the next epoch's rows may be free now
                 self.step += 1
                 self.summary.steps += 1
                 self.summary.seconds["wait"] += wait_s
