@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from .client import ServiceClient
+from .client import ServiceClient, ServiceError
 from .distributed import World, broadcast_object
 
 DONE: dict[str, Any] = {"done": True}
@@ -133,3 +133,42 @@ class Prefetcher:
         self.loader.shutdown(wait=False, cancel_futures=True)
         if self.feed is not None:
             self.feed.close()
+
+
+class BackgroundAcks:
+    """Subset-phase acknowledgements sent off the training thread, in order, one at a time (budget P5: an ack is a
+    round trip the next step need not wait for). ``on_done`` runs after each, so a feed waiting at an epoch's end
+    asks again at once. Errors other than a lost lease surface on the training thread at the next ``collect``."""
+
+    def __init__(self, client: ServiceClient, run_id: int, on_done: Callable[[], None]) -> None:
+        self.client, self.run_id, self.on_done = client, run_id, on_done
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ack")
+        self.pending: deque[Future[bool]] = deque()
+        self.lost = 0
+
+    def _ack(self, manifest_id: str) -> bool:
+        try:
+            self.client.ack(self.run_id, manifest_id)
+            return True
+        except ServiceError as exc:
+            if exc.code != "lease_expired":
+                raise
+            return False  # the lease lapsed and its rows went to another trainer
+        finally:
+            self.on_done()
+
+    def submit(self, manifest_id: str) -> None:
+        self.pending.append(self.pool.submit(self._ack, manifest_id))
+        self.collect(block=False)
+
+    def collect(self, block: bool) -> None:
+        """Take in finished acknowledgements (all of them with ``block``), raising the first error."""
+        while self.pending and (block or self.pending[0].done()):
+            if not self.pending.popleft().result():
+                self.lost += 1
+
+    def close(self) -> None:
+        try:
+            self.collect(block=True)
+        finally:
+            self.pool.shutdown(wait=True)

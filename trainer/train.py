@@ -29,7 +29,7 @@ from .data import Batch, ImageTransform, encode_batch, tokenize
 from .distributed import World, broadcast_object, cleanup, gather_objects, gather_rows, init_distributed
 from .loss import clip_loss
 from .model import ClipModel, build_model
-from .prefetch import ManifestFeed, Prefetcher
+from .prefetch import BackgroundAcks, ManifestFeed, Prefetcher
 from .schedule import cosine_lr, estimate_total_steps
 
 Amp = Literal["off", "bf16", "fp16"]
@@ -176,6 +176,7 @@ class Trainer:
         self.subset_ratio = config.expected_subset_ratio
         self.samples_total = 0
         self.epoch_seen: tuple[str, int] | None = None
+        self.acks: BackgroundAcks | None = None  # rank 0 only, set up by fit()
 
     # -- set-up -----------------------------------------------------------------------------------------------
     def model_id(self) -> str:
@@ -206,6 +207,8 @@ class Trainer:
     def checkpoint(self) -> None:
         if not self.world.is_main:
             return
+        if self.acks is not None:  # a checkpoint covers acknowledged manifests only: a resume retrains nothing
+            self.acks.collect(block=True)
         state = {
             "model": self.model.state_dict(),
             "model_config": self.model.config.to_dict(),
@@ -370,13 +373,8 @@ class Trainer:
                 record["loss"] = self.optimise(img, txt, scale)
                 record["train_s"] = time.perf_counter() - started
                 self.summary.trained_rows += rows
-            if self.world.is_main and self.client is not None:
-                try:
-                    self.client.ack(self.cfg.run_id, manifest["manifest_id"])
-                except ServiceError as exc:
-                    if exc.code != "lease_expired":
-                        raise
-                    self.summary.lease_expired += 1
+            if self.acks is not None:
+                self.acks.submit(manifest["manifest_id"])
         self.summary.manifests[phase] += 1
         return record
 
@@ -429,6 +427,7 @@ class Trainer:
             feed = ManifestFeed(
                 self.client, cfg.run_id, lambda: (self.model_id(), self.optimizer_step), depth=max(1, cfg.prefetch - 1)
             )
+            self.acks = BackgroundAcks(self.client, cfg.run_id, feed.nudge)
         prefetcher = Prefetcher(feed, self.world, self.load, depth=cfg.prefetch)
         bar = _progress(cfg.progress and self.world.is_main)
         try:
@@ -463,8 +462,13 @@ class Trainer:
                 bar.set_postfix(loss=f"{record.get('loss', float('nan')):.3f}", kept=record.get("kept", "-"))
                 if self.step % cfg.checkpoint_every == 0:
                     self.checkpoint()
+            if self.acks is not None:
+                self.acks.collect(block=True)  # the run's last acknowledgements land before the process ends
             self.checkpoint()
         finally:
+            if self.acks is not None:
+                self.acks.pool.shutdown(wait=True)
+                self.summary.lease_expired += self.acks.lost
             prefetcher.close()
             log.close()
             bar.close()
