@@ -53,3 +53,22 @@ def npz(**arrays) -> bytes:
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     return buf.getvalue()
+
+
+def labelled_run(http, root: str, images: list[tuple[str, str]], config: dict, prefix: str = "run") -> int:
+    """Over HTTP as an admin: a dataset at ``root`` of ``(relative path, label)`` images with template reports,
+    and a run on it; the run id."""
+    created = http.post("/v1/datasets", json={"name": f"{prefix}-{uuid.uuid4().hex[:8]}", "root": root})
+    assert created.status_code == 201, created.text
+    body = "external_id,image,report,labels\n" + "".join(f"{rel},{rel},,{label}\n" for rel, label in images)
+    ingest = http.post(
+        f"/v1/datasets/{created.json()['id']}/samples",
+        content=body.encode(),
+        params={"synthesize_reports": "true"},
+        headers={"Content-Type": "text/csv"},
+    )
+    assert ingest.status_code == 200, ingest.text
+    assert ingest.json()["accepted"] == len(images) and ingest.json()["rejected"] == [], ingest.text
+    run = http.post("/v1/runs", json={"dataset_id": created.json()["id"], "config": config, "model_id": "tiny"})
+    assert run.status_code == 201, run.text
+    return int(run.json()["id"])

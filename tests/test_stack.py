@@ -31,6 +31,7 @@ import redis
 
 from service.launcher import StackSpec, free_port, stack
 from tests.conftest import REDIS_URL, scratch_database
+from tests.runs_helpers import labelled_run
 from tests.test_ingest_api import COVID, _labelled_images
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -179,21 +180,7 @@ def test_stack_trains_a_run_to_the_end(deployment: Deployment) -> None:
     with httpx.Client(base_url=d.url, headers=admin, timeout=120) as http:
         ready = http.get("/readyz")
         assert ready.status_code == 200, ready.text
-        created = http.post("/v1/datasets", json={"name": f"stack-{uuid.uuid4().hex[:8]}", "root": d.dataset_root})
-        assert created.status_code == 201, created.text
-        dataset_id = created.json()["id"]
-        body = "external_id,image,report,labels\n" + "".join(f"{rel},{rel},,{label}\n" for rel, label in images)
-        ingest = http.post(
-            f"/v1/datasets/{dataset_id}/samples",
-            content=body.encode(),
-            params={"synthesize_reports": "true"},
-            headers={"Content-Type": "text/csv"},
-        )
-        assert ingest.status_code == 200, ingest.text
-        assert ingest.json()["accepted"] == len(images) and ingest.json()["rejected"] == []
-        run = http.post("/v1/runs", json={"dataset_id": dataset_id, "config": CONFIG, "model_id": "tiny"})
-        assert run.status_code == 201, run.text
-        run_id = run.json()["id"]
+        run_id = labelled_run(http, d.dataset_root, images, CONFIG, prefix="stack")
 
         trainer_token = d.token("trainer", [run_id])
         command = d.trainer_command(

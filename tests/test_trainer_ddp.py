@@ -19,7 +19,6 @@ import shutil
 import subprocess
 import sys
 import time
-import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ import torch.multiprocessing as mp
 from service.auth import create_token
 from service.db import make_engine, session_factory
 from tests.conftest import scratch_database
+from tests.runs_helpers import labelled_run
 from tests.servers import free_port, uvicorn_server
 from tests.test_ingest_api import COVID, _labelled_images
 from trainer.checkpoint import load_checkpoint
@@ -78,21 +78,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 
 def _new_run(http: httpx.Client, data: Path, images: list[tuple[str, str]], config: dict[str, int]) -> int:
-    created = http.post("/v1/datasets", json={"name": f"ddp-{uuid.uuid4().hex[:8]}", "root": str(data)})
-    assert created.status_code == 201, created.text
-    dataset_id = created.json()["id"]
-    body = "external_id,image,report,labels\n" + "".join(f"{rel},{rel},,{label}\n" for rel, label in images)
-    ingest = http.post(
-        f"/v1/datasets/{dataset_id}/samples",
-        content=body.encode(),
-        params={"synthesize_reports": "true"},
-        headers={"Content-Type": "text/csv"},
-    )
-    assert ingest.status_code == 200, ingest.text
-    assert ingest.json()["accepted"] == len(images) and ingest.json()["rejected"] == []
-    run = http.post("/v1/runs", json={"dataset_id": dataset_id, "config": config, "model_id": "tiny"})
-    assert run.status_code == 201, run.text
-    return int(run.json()["id"])
+    return labelled_run(http, str(data), images, config, prefix="ddp")
 
 
 @pytest.mark.parametrize(

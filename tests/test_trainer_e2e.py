@@ -18,7 +18,6 @@ import shutil
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ from service.auth import create_token
 from service.db import make_engine, session_factory
 from service.models import Decision, EpochItem, Manifest, PrototypeVersion, Run
 from tests.conftest import REDIS_URL, scratch_database
+from tests.runs_helpers import labelled_run
 from tests.servers import celery_worker, uvicorn_server
 from tests.test_ingest_api import COVID, _labelled_images
 
@@ -88,20 +88,7 @@ def new_run(e2e: E2E, config: dict[str, int]) -> tuple[int, str, int]:
     """Dataset of the 48 images (template reports), a run on it; (run id, trainer token, samples)."""
     images = _labelled_images(PER_LABEL)
     with httpx.Client(base_url=e2e.url, headers=e2e.admin, timeout=120) as http:
-        created = http.post("/v1/datasets", json={"name": f"e2e-{uuid.uuid4().hex[:8]}", "root": str(e2e.data_dir)})
-        assert created.status_code == 201, created.text
-        body = "external_id,image,report,labels\n" + "".join(f"{rel},{rel},,{label}\n" for rel, label in images)
-        ingest = http.post(
-            f"/v1/datasets/{created.json()['id']}/samples",
-            content=body.encode(),
-            params={"synthesize_reports": "true"},
-            headers={"Content-Type": "text/csv"},
-        )
-        assert ingest.status_code == 200, ingest.text
-        assert ingest.json()["accepted"] == len(images), ingest.text
-        run = http.post("/v1/runs", json={"dataset_id": created.json()["id"], "config": config, "model_id": "tiny"})
-        assert run.status_code == 201, run.text
-    run_id = run.json()["id"]
+        run_id = labelled_run(http, str(e2e.data_dir), images, config, prefix="e2e")
     with e2e.sessions() as session:
         token = create_token(session, "e2e-trainer", "trainer", [run_id])
     return run_id, token, len(images)
