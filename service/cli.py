@@ -336,42 +336,83 @@ def curate(
 
 @app.command()
 def demo(
-    out_dir: Annotated[Path, typer.Option(help="where the demo writes its files")] = Path(".demo"),
-    rows: Annotated[int, typer.Option(min=100)] = 20000,
+    out_dir: Annotated[Path, typer.Option(help="where the demo writes its files (replaced on each run)")] = Path(
+        ".demo"
+    ),
+    train: Annotated[int, typer.Option(min=50, help="synthetic training studies")] = 2000,
+    test: Annotated[int, typer.Option(min=20, help="held-out test studies")] = 500,
+    size: Annotated[int, typer.Option(min=16, max=512, help="synthetic image side in pixels")] = 64,
+    epochs: Annotated[int, typer.Option(min=2, help="training epochs (1 curation epoch, the rest on the subset)")] = 20,
+    batch_size: Annotated[int, typer.Option(min=8, help="super-batch size")] = 128,
+    max_central: Annotated[int, typer.Option(min=1, help="central rows kept per prototype and super-batch")] = 2,
     seed: Annotated[int, typer.Option(min=0)] = 0,
+    progress: Annotated[bool, typer.Option(help="progress bars")] = True,
 ) -> None:
-    """Generate a long-tailed embedding set, curate it offline, print what the subset keeps."""
-    from workers.plots import curation_figure_png
-    from workers.report import flagged_share, label_enrichment
-    from workers.synthetic import long_tailed_embeddings
+    """The whole path on the embedded defaults: synthetic CXR set → service (SQLite) → trainer → subset → eval.
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    console.print(f"generating {rows} long-tailed pairs (D=1024) ...")
-    synth = long_tailed_embeddings(rows, 1024, seed)
-    source = out_dir / "embeddings.npz"
-    save_embeddings(source, np.arange(rows, dtype=np.int64), synth.features.astype(np.float16))
-    config = CurationConfig(seed=seed)
-    ids, emb = load_embeddings(source)
-    result = _curate(emb, config)
-    export_subset(out_dir / "subset.jsonl", ids, result, config, source)
+    Generates a long-tailed synthetic image–report set, starts ``chexcurate serve`` on a fresh SQLite database
+    with tasks in-process, registers the set, creates a run and trains the tiny CLIP model on CPU with
+    ``chexcurate-train`` (warm-up → one curation epoch → the rest on the curated subset), then prints what the
+    subset keeps and the zero-shot AUC on the held-out split. Files: OUT_DIR/stats.png (the service's plot),
+    subset.jsonl, trainer/latest.pt. The last stdout line is the summary as JSON.
+    """
+    from service.demo import DemoOptions, run_demo
 
-    summary = _summary(result, config)
-    enrichment = label_enrichment(synth.finding, result.keep, synth.names)
-    summary["label_enrichment"] = {n: round(e["ratio"], 3) for n, e in enrichment.items()}
-    summary["near_duplicates"] = flagged_share(synth.duplicate_of >= 0, result.keep)
-    summary["noisy_pairs"] = flagged_share(synth.noisy, result.keep)
-    plot = out_dir / "curation.png"
-    plot.write_bytes(curation_figure_png(result.band, result.distance, enrichment, f"offline curation, {rows} pairs"))
-    _print_summary(summary)
-    table = Table("finding", "dataset share", "subset share", "enrichment", title="label enrichment")
-    for name, e in enrichment.items():
-        table.add_row(name, f"{e['dataset_share']:.4f}", f"{e['subset_share']:.4f}", f"{e['ratio']:.2f}")
+    options = DemoOptions(
+        out_dir=out_dir,
+        train=train,
+        test=test,
+        size=size,
+        epochs=epochs,
+        batch_size=batch_size,
+        max_central=max_central,
+        warmup_samples=min(512, train),
+        seed=seed,
+        progress=progress,
+    )
+    try:
+        summary = run_demo(options, lambda line: console.print(line, highlight=False))
+    except (RuntimeError, TimeoutError, ValueError) as exc:
+        raise _fail(escape(str(exc))) from exc
+    _print_demo(summary)
+    typer.echo(json.dumps(summary))
+
+
+def _print_demo(summary: dict[str, Any]) -> None:
+    out = Console()
+    table = Table("figure", "value", title="CheXficient demo: the curated subset")
+    table.add_row("pairs in the dataset (readable)", str(summary["pairs"]))
+    table.add_row("subset size", str(summary["subset_size"]))
+    table.add_row("subset ratio", f"{summary['subset_ratio']:.2%}")
+    table.add_row("compute fraction (vs full data)", f"{summary['compute_fraction']:.2%}")
+    for band, count in summary["band_counts"].items():
+        table.add_row(f"band {band}", str(count))
+    auc = summary["zero_shot_macro_auc"]
+    table.add_row("zero-shot macro AUC (test split)", "-" if auc is None else f"{auc:.4f}")
+    recall = summary.get("retrieval_image_to_text") or {}
+    if recall:
+        table.add_row("image→report R@1 / R@5 / R@10", " / ".join(f"{v:.3f}" for v in recall.values()))
+    out.print(table)
+    shares = Table("", "dataset share", "subset share", "subset ÷ dataset", title="what the subset keeps")
+    for name, e in summary["label_enrichment"].items():
+        ratio = e.get("ratio")
+        shares.add_row(
+            f"{name} (rare)",
+            f"{e['dataset_share']:.4f}",
+            f"{e['subset_share']:.4f}",
+            "-" if ratio is None else f"{ratio:.2f}",
+        )
     for name in ("near_duplicates", "noisy_pairs"):
         e = summary[name]
-        table.add_row(f"[italic]{name}", f"{e['dataset_share']:.4f}", f"{e['subset_share']:.4f}", f"{e['ratio']:.2f}")
-    Console().print(table)
-    console.print(f"files in {out_dir}/: embeddings.npz, subset.jsonl, subset.jsonl.provenance.json, curation.png")
-    typer.echo(json.dumps(summary))
+        ratio = "-" if e["ratio"] is None else f"{e['ratio']:.2f}"
+        shares.add_row(
+            f"[italic]{name.replace('_', ' ')}", f"{e['dataset_share']:.4f}", f"{e['subset_share']:.4f}", ratio
+        )
+    out.print(shares)
+    files = summary["files"]
+    console.print(f"plot {files['plot']}, subset {files['subset']}, checkpoint {files['checkpoint']}")
+    seconds = ", ".join(f"{k} {v:.0f} s" for k, v in summary["seconds"].items())
+    console.print(f"time: {seconds}")
 
 
 def _summary(result: OfflineCuration, config: CurationConfig) -> dict[str, Any]:

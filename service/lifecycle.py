@@ -25,6 +25,14 @@ from .models import Decision, Embedding, EpochItem, Manifest, PrototypeVersion, 
 
 
 def lock_run(session: Session, run_id: int) -> Run:
+    connection = session.connection()
+    if connection.dialect.name == "sqlite":
+        # SQLite ignores FOR UPDATE, and pysqlite opens its transaction only at the first write: two requests of
+        # one run (a trainer's lease and its background ack) could both read the old epoch and both advance it.
+        # Taking the database write lock before reading the run serialises them as the row lock does on Postgres.
+        dbapi = connection.connection.dbapi_connection
+        if not getattr(dbapi, "in_transaction", True):
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
     run = session.scalar(select(Run).where(Run.id == run_id).with_for_update())
     if run is None:
         raise ApiError(404, "unknown_run", f"run {run_id} does not exist")

@@ -92,13 +92,30 @@ def test_curate_rejects_unreadable_file_bad_export_and_bad_config(embeddings: Pa
     assert list(tmp_path.glob("a.*")) == []
 
 
-def test_demo_prints_table_and_json_and_writes_plot(tmp_path: Path) -> None:
-    result = runner.invoke(app, ["demo", "--out-dir", str(tmp_path), "--rows", "3000"])
+def test_demo_runs_service_trainer_and_eval_end_to_end(tmp_path: Path) -> None:
+    """The whole embedded path, small: synth set, ``chexcurate serve`` on SQLite, trainer, stats, plot, eval."""
+    args = ["demo", "--out-dir", str(tmp_path), "--train", "160", "--test", "60", "--size", "32", "--epochs", "3"]
+    result = runner.invoke(app, [*args, "--batch-size", "40", "--max-central", "1", "--no-progress"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout.strip().splitlines()[-1])
-    assert summary["rows"] == 3000 and 0 < summary["subset_ratio"] < 1
-    assert sum(summary["band_counts"].values()) == 3000
-    assert set(summary["label_enrichment"]) >= {"no finding", "pneumomediastinum"}
-    assert "label enrichment" in result.stdout
-    assert (tmp_path / "curation.png").read_bytes()[:4] == b"\x89PNG"
-    assert (tmp_path / "subset.jsonl").exists()
+    assert {
+        "subset_ratio",
+        "compute_fraction",
+        "band_counts",
+        "label_enrichment",
+        "near_duplicates",
+        "noisy_pairs",
+        "zero_shot_macro_auc",
+    } <= set(summary)
+    assert 0 < summary["subset_size"] < summary["pairs"] and 0 < summary["subset_ratio"] < 1
+    assert summary["compute_fraction"] < 1
+    assert sum(summary["band_counts"].values()) == summary["pairs"]  # one curation epoch: a decision per pair
+    assert summary["trainer"]["finished"] and summary["trainer"]["rows"]["subset"] > 0
+    assert summary["zero_shot_macro_auc"] is None or 0 <= summary["zero_shot_macro_auc"] <= 1
+    for share in (summary["near_duplicates"], summary["noisy_pairs"]):
+        assert 0 <= share["subset_share"] <= 1 and 0 <= share["dataset_share"] < 1
+    assert "what the subset keeps" in result.stdout
+    assert (tmp_path / "stats.png").read_bytes()[:4] == b"\x89PNG"
+    lines = (tmp_path / "subset.jsonl").read_text().splitlines()
+    assert "provenance" in json.loads(lines[0]) and len(lines) == summary["subset_size"] + 1
+    assert (tmp_path / "trainer" / "latest.pt").exists()
