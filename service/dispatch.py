@@ -57,6 +57,14 @@ class Dispatcher:
         except BrokerDown as exc:
             raise ServiceUnavailable(f"the task broker cannot be reached ({exc})") from exc
 
+    def live_worker(self, timeout: float = 1.0) -> bool:
+        """Whether any worker answers a broadcast ping within ``timeout`` (returns at the first answer)."""
+        assert self.celery is not None
+        try:
+            return bool(self.celery.control.ping(timeout=timeout, limit=1))
+        except Exception:  # broker gone between the checks
+            return False
+
     def submit(self, name: str, args: list[Any]) -> TaskAccepted:
         """Queue a background task (refresh queue); the client polls ``/v1/tasks/{id}``."""
         task = self._send(name, args)

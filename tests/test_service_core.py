@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from httpx import Response
 from sqlalchemy import inspect
 
 
@@ -22,23 +23,30 @@ def test_health_ready_metrics_docs(client) -> None:
     assert client.get("/openapi.json").json()["info"]["title"] == "chexcurate"
 
 
-def test_readyz_checks_the_real_redis_broker(pg_url) -> None:
+def test_readyz_checks_the_real_redis_broker_and_a_live_worker(pg_url) -> None:
     from fastapi.testclient import TestClient
 
     from service.config import Settings
     from service.main import create_app
     from tests.conftest import REDIS_URL
+    from tests.servers import celery_worker
 
-    for broker, status in ((REDIS_URL, 200), ("redis://127.0.0.1:1/0", 503)):
+    def ready(broker: str) -> Response:
         app = create_app(Settings(database_url=pg_url, broker_url=broker))
         with TestClient(app) as client:
-            r = client.get("/readyz")
-            assert r.status_code == status, r.text
-            if status == 200:
-                assert r.json()["broker"] == "ok"
-            else:
-                assert r.json()["error"] == "unavailable" and r.headers["Retry-After"]
+            response = client.get("/readyz")
         app.state.engine.dispose()
+        return response
+
+    down = ready("redis://127.0.0.1:1/0")
+    assert down.status_code == 503 and down.json()["error"] == "unavailable" and down.headers["Retry-After"]
+    assert "broker" in down.json()["detail"]
+    lonely = ready(REDIS_URL)
+    assert lonely.status_code == 503 and "no Celery worker" in lonely.json()["detail"], lonely.text
+    with celery_worker({"CHEX_DATABASE_URL": pg_url, "CHEX_BROKER_URL": REDIS_URL}):
+        up = ready(REDIS_URL)
+    assert up.status_code == 200, up.text
+    assert up.json() == {"database": "ok", "broker": "ok", "workers": "ok"}
 
 
 def test_cli_db_upgrade_and_token_create(tmp_path, monkeypatch) -> None:
