@@ -380,13 +380,9 @@ def demo(
 
 def _print_demo(summary: dict[str, Any]) -> None:
     out = Console()
-    table = Table("figure", "value", title="CheXficient demo: the curated subset")
-    table.add_row("pairs in the dataset (readable)", str(summary["pairs"]))
-    table.add_row("subset size", str(summary["subset_size"]))
-    table.add_row("subset ratio", f"{summary['subset_ratio']:.2%}")
-    table.add_row("compute fraction (vs full data)", f"{summary['compute_fraction']:.2%}")
-    for band, count in summary["band_counts"].items():
-        table.add_row(f"band {band}", str(count))
+    table = _subset_table(
+        "CheXficient demo: the curated subset", "pairs in the dataset (readable)", summary["pairs"], summary
+    )
     auc = summary["zero_shot_macro_auc"]
     table.add_row("zero-shot macro AUC (test split)", "-" if auc is None else f"{auc:.4f}")
     recall = summary.get("retrieval_image_to_text") or {}
@@ -429,15 +425,20 @@ def _summary(result: OfflineCuration, config: CurationConfig) -> dict[str, Any]:
     }
 
 
-def _print_summary(summary: dict[str, Any]) -> None:
-    table = Table("figure", "value", title="curated subset")
-    table.add_row("rows", str(summary["rows"]))
+def _subset_table(title: str, rows_label: str, rows: int, summary: dict[str, Any]) -> Table:
+    """Size, ratio, compute fraction and band counts of a curated subset (offline ``curate`` and the demo)."""
+    table = Table("figure", "value", title=title)
+    table.add_row(rows_label, str(rows))
     table.add_row("subset size", str(summary["subset_size"]))
     table.add_row("subset ratio", f"{summary['subset_ratio']:.2%}")
     table.add_row("compute fraction (vs full data)", f"{summary['compute_fraction']:.2%}")
     for band, count in summary["band_counts"].items():
         table.add_row(f"band {band}", str(count))
-    Console().print(table)
+    return table
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    Console().print(_subset_table("curated subset", "rows", summary["rows"], summary))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import queue
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -41,7 +40,6 @@ class ManifestFeed:
         self.queue: queue.Queue[dict[str, Any] | BaseException] = queue.Queue(maxsize=depth)
         self.stopped = threading.Event()
         self.wake = threading.Event()
-        self.waited = 0.0
         self.thread = threading.Thread(target=self._run, name="manifest-feed", daemon=True)
         self.thread.start()
 
@@ -66,9 +64,7 @@ class ManifestFeed:
                     return
                 else:  # other trainers hold the rest of the epoch, or the prototypes are being initialised
                     pause = min(self.max_wait, float(manifest.get("wait_seconds") or 1.0))
-                    started = time.monotonic()
                     self.wake.wait(pause)
-                    self.waited += time.monotonic() - started
         except BaseException as exc:  # noqa: BLE001 - handed to the training thread, which raises it
             self._put(exc)
 
@@ -167,8 +163,6 @@ class BackgroundAcks:
             if not self.pending.popleft().result():
                 self.lost += 1
 
-    def close(self) -> None:
-        try:
-            self.collect(block=True)
-        finally:
-            self.pool.shutdown(wait=True)
+    def shutdown(self) -> None:
+        """Stop the sender after the acknowledgement in flight; ``collect`` first to know they all landed."""
+        self.pool.shutdown(wait=True)

@@ -44,6 +44,7 @@ class TrainConfig:
     model: str = "default"
     data_root: Path = Path(".")
     out: Path = Path("runs/trainer")
+    #: None: cuda when available, else cpu (resolved on construction, so every later reader sees a device)
     device: str | None = None
     amp: Amp = "off"
     select_mode: SelectMode = "grad"
@@ -68,6 +69,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.data_root, self.out = Path(self.data_root), Path(self.out)
+        self.device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
         if self.accumulate < 1:
             raise ValueError(f"accumulate must be >= 1, got {self.accumulate}")
         if self.amp not in ("off", "bf16", "fp16"):
@@ -153,7 +155,7 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, world: World, client: ServiceClient | None) -> None:
         self.cfg, self.world, self.client = config, world, client
-        self.device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = torch.device(config.device or "cpu")
         if config.amp == "fp16" and self.device.type != "cuda":
             raise ValueError("fp16 AMP needs a CUDA device; use --amp bf16 or off on CPU")
         torch.manual_seed(config.seed)
@@ -293,7 +295,7 @@ class Trainer:
         batch.indices = [self.world.rank + i * self.world.size for i in batch.indices]
         return batch.to(self.device, non_blocking=True)
 
-    def report_unreadable(self, manifest: dict[str, Any], batch: Batch) -> None:
+    def report_unreadable(self, batch: Batch) -> None:
         everyone = [u for part in gather_objects(batch.unreadable) for u in part]
         self.summary.unreadable += len(everyone)
         if self.world.is_main and self.client is not None:
@@ -350,7 +352,7 @@ class Trainer:
 
     def run_step(self, manifest: dict[str, Any], batch: Batch) -> dict[str, Any]:
         phase = manifest["phase"]
-        self.report_unreadable(manifest, batch)
+        self.report_unreadable(batch)
         record: dict[str, Any] = {"phase": phase, "epoch": manifest["epoch"], "manifest_step": manifest["step"]}
         rows = sum(int(n) for n in gather_objects(len(batch)))
         record["rows"] = rows
@@ -467,7 +469,7 @@ class Trainer:
             self.checkpoint()
         finally:
             if self.acks is not None:
-                self.acks.pool.shutdown(wait=True)
+                self.acks.shutdown()
                 self.summary.lease_expired += self.acks.lost
             prefetcher.close()
             log.close()
@@ -485,7 +487,7 @@ def _progress(enabled: bool) -> Any:
 
 @contextlib.contextmanager
 def _session(config: TrainConfig) -> Iterator[tuple[World, ServiceClient | None]]:
-    world = init_distributed(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    world = init_distributed(config.device or "cpu")
     client = ServiceClient(config.api, config.token, retry_for=config.retry_for) if world.is_main else None
     try:
         yield world, client
@@ -501,6 +503,4 @@ def train(config: TrainConfig) -> Summary:
         trainer = Trainer(config, world, client)
         if config.resume:
             trainer.restore()
-        summary = trainer.fit()
-        summary.optimizer_steps = trainer.optimizer_step
-        return summary
+        return trainer.fit()
