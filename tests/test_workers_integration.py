@@ -13,6 +13,7 @@ import subprocess
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 
 import httpx
 import redis
@@ -20,15 +21,10 @@ from sqlalchemy import func, select
 
 from service.auth import create_token
 from service.models import Decision, PrototypeVersion, Run
-from tests.conftest import REDIS_URL
 from tests.runs_helpers import encode, make_dataset, npy
-from tests.servers import celery_worker, uvicorn_server
+from tests.servers import celery_worker, free_port, uvicorn_server
 
 CONFIG = {"k": 3, "warmup_samples": 48, "batch_size": 16, "epochs": 3, "curation_epochs": 1, "max_central": 2}
-REDIS_START = (
-    "redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save '' --appendonly no "
-    "--dir /var/lib/redis --logfile /var/log/redis/ci.log"
-)
 
 
 class Trainer:
@@ -39,6 +35,8 @@ class Trainer:
         self.run_id = run_id
         self.seen: list[tuple[int, list[int]]] = []
         self.retries = 0
+        #: called with the count of curation steps done so far, between requests (a test's kill switch)
+        self.after_curation_step: Callable[[int], None] | None = None
 
     def post(self, path: str, **kwargs) -> httpx.Response:
         for _ in range(200):
@@ -75,6 +73,8 @@ class Trainer:
             self.seen.append((m["epoch"], ids))
             if m["phase"] == "curation":
                 steps += 1
+                if self.after_curation_step is not None:
+                    self.after_curation_step(steps)
                 if stop_after_curation_steps is not None and steps >= stop_after_curation_steps:
                     return
 
@@ -136,9 +136,17 @@ def test_workers_killed_around_kmeans_and_mid_curation(stack_env, client, db, ad
         with celery_worker(stack_env) as worker:
             os.kill(worker.pid, signal.SIGKILL)  # as it picks up the k-means task
             worker.wait()
+        killed = threading.Event()
         with celery_worker(stack_env) as worker:
-            wait_for(lambda: state().step >= 2)
-            os.kill(worker.pid, signal.SIGKILL)  # while curated batches are flowing
+
+            def kill_while_batches_flow(steps: int) -> None:
+                # from the trainer's thread, so the kill lands in curation however fast the steps run
+                if steps >= 2 and not killed.is_set():
+                    os.kill(worker.pid, signal.SIGKILL)
+                    killed.set()
+
+            trainer.after_curation_step = kill_while_batches_flow
+            wait_for(killed.is_set)
             worker.wait()
         time.sleep(5)  # trainers now get 503 + Retry-After and keep retrying
         with celery_worker(stack_env):
@@ -148,19 +156,46 @@ def test_workers_killed_around_kmeans_and_mid_curation(stack_env, client, db, ad
     assert_run_complete(db, run_id, trainer, 96)
 
 
-def test_redis_restart_is_re_driven_from_postgres(stack_env, client, db, admin) -> None:
+class PrivateRedis:
+    """A redis-server of the test's own on a free port, so restarting it leaves the shared server (and any
+    other test run using it) alone."""
+
+    def __init__(self, tmp_path) -> None:
+        self.port = free_port()
+        self.dir = tmp_path
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        args = ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no"]
+        self.proc = subprocess.Popen([*args, "--dir", str(self.dir)], stdout=subprocess.DEVNULL)
+        wait_for(self._answers, timeout=20)
+
+    def _answers(self) -> bool:
+        try:
+            return bool(redis.Redis.from_url(self.url).ping())
+        except redis.ConnectionError:
+            return False
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+
+
+def test_redis_restart_is_re_driven_from_postgres(stack_env, client, db, admin, tmp_path) -> None:
+    broker = PrivateRedis(tmp_path)
+    broker.start()
+    env = {**stack_env, "CHEX_BROKER_URL": broker.url}
     run_id, headers = new_run(client, db, admin, 96)
-    with uvicorn_server(stack_env) as url, celery_worker(stack_env):
-        trainer = Trainer(url, run_id, headers)
-        trainer.run(stop_after_curation_steps=2)
-        subprocess.run(["redis-cli", "-p", "6379", "shutdown", "nosave"], check=False, capture_output=True)
-        time.sleep(1)
-        subprocess.run(REDIS_START, shell=True, check=True)
-        for _ in range(50):
-            try:
-                if redis.Redis.from_url(REDIS_URL).ping():
-                    break
-            except redis.ConnectionError:
-                time.sleep(0.2)
-        trainer.run()
+    try:
+        with uvicorn_server(env) as url, celery_worker(env):
+            trainer = Trainer(url, run_id, headers)
+            trainer.run(stop_after_curation_steps=2)
+            broker.kill()  # everything queued or cached in Redis is gone
+            time.sleep(1)
+            broker.start()
+            trainer.run()
+    finally:
+        broker.kill()
     assert_run_complete(db, run_id, trainer, 96)
