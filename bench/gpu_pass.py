@@ -238,8 +238,10 @@ class CuratedBatchStandIn:
 
     def __init__(self, wait_s: float, keep_ratio: float) -> None:
         self.wait_s, self.keep_ratio, self.rng = wait_s, keep_ratio, np.random.default_rng(0)
+        self.posts = 0
 
     def post_embeddings(self, run_id: int, manifest_id: str, array: np.ndarray) -> dict[str, Any]:
+        self.posts += 1
         time.sleep(self.wait_s)
         keep = np.zeros(len(array), dtype=bool)
         keep[self.rng.choice(len(array), max(2, round(self.keep_ratio * len(array))), replace=False)] = True
@@ -281,6 +283,7 @@ def trainer(args: argparse.Namespace) -> dict[str, Any]:
         "status": "ran", "model": args.model, "vision": cfg.vision_config, "text": cfg.text_config,
         "parameters": params, "image_size": cfg.image_size, "tokens": cfg.max_tokens, "batch_size": args.batch_size,
         "amp": args.amp, "wait_ms": args.wait_ms, "keep_ratio": args.keep_ratio, "steps": args.steps,
+        "warmup_steps": args.warmup_steps,
     }  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         config = TrainConfig(
@@ -312,7 +315,7 @@ def trainer(args: argparse.Namespace) -> dict[str, Any]:
     out["step_ms"] = step
     out["wait_share"] = args.wait_ms / step["curation"]
     out["measured_wait_share"] = (step["curation"] - step["curation_compute"]) / step["curation"]
-    out["final_loss"] = losses[-1]
+    out["final_loss"], out["posts"] = losses[-1], service.posts
     out["peak_memory_gb"] = torch.cuda.max_memory_allocated(args.device) / 2**30 if cuda(args.device) else None
     real = cuda(args.device) and args.model == "base" and args.batch_size == PAPER["per_gpu"]
     out["paper_scale"] = (

@@ -49,7 +49,7 @@ def test_torch_backend_on_the_cpu_agrees_with_the_cpu_engine_on_every_row(cpu_pa
 def test_speed_times_both_engines_and_the_loop_on_the_device(cpu_pass) -> None:
     for row in cpu_pass["sections"]["speed"]["rows"]:
         for key in ("engine_ms", "engine_cpu_ms", "loop_ms", "engine_update_ms", "engine_cpu_update_ms"):
-            assert 0 < row[key] < 1e4, key
+            assert row[key] > 0, key
         assert row["ratio"] == pytest.approx(row["engine_ms"] / row["loop_ms"])
         assert row["agreement"] == 1.0
 
@@ -67,8 +67,8 @@ def test_trainer_steps_carry_the_curated_batch_wait_on_their_critical_path(cpu_p
     trainer = cpu_pass["sections"]["trainer"]
     step, wait = trainer["step_ms"], trainer["wait_ms"]
     assert trainer["model"] == "tiny" and trainer["amp"] == "bf16" and math.isfinite(trainer["final_loss"])
-    assert wait > 0 and step["curation"] > wait
-    assert step["curation"] - step["curation_compute"] > 0.8 * wait
+    assert trainer["posts"] == 2 * (trainer["warmup_steps"] + trainer["steps"])  # both curation modes post
+    assert wait > 0 and step["curation"] > wait  # the stand-in sleeps that long inside every curation step
     assert trainer["wait_share"] == pytest.approx(wait / step["curation"])
 
 
