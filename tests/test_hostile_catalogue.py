@@ -639,17 +639,16 @@ CASES: dict[str, Case] = {
 
 
 def test_the_catalogue_covers_every_mutating_route(world: World) -> None:
+    paths = world.app.openapi()["paths"]  # every route of the API, however its routers nest
     mutating = {
-        (method, route.path)
-        for route in world.app.routes
-        for method in getattr(route, "methods", ()) or ()
-        if method in ("POST", "PUT", "PATCH", "DELETE")
+        (m.upper(), path) for path, ops in paths.items() for m in ops if m in ("post", "put", "patch", "delete")
     }
+    assert len(mutating) >= 13
     covered = set()
     for case in CASES.values():
-        path = case.path.split("?")[0]
+        concrete = case.path.split("?")[0].strip("/").split("/")
         for method, template in mutating:
-            parts, concrete = template.strip("/").split("/"), path.strip("/").split("/")
+            parts = template.strip("/").split("/")
             same_shape = method == case.method and len(parts) == len(concrete)
             if same_shape and all(p == c or p.startswith("{") for p, c in zip(parts, concrete, strict=True)):
                 covered.add((method, template))

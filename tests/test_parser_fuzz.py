@@ -22,6 +22,10 @@ from service.limits import ArrayLimits, PathLimits, TextLimits
 from tests.hostile import deflated_zeros, npy, npy_header, stored, zip_archive
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+#: numpy parses a header with ast.literal_eval: fuzzed headers make Python warn about their escapes and numpy
+#: about Python 2 headers on the way to the refusal
+ESCAPE_WARNINGS = pytest.mark.filterwarnings("ignore:invalid escape sequence:DeprecationWarning")
+PY2_HEADER_WARNINGS = pytest.mark.filterwarnings("ignore:.*created on Python 2:UserWarning")
 ARRAYS = ArrayLimits(inflated_bytes=1 << 20, npz_members=8)
 TEXT = TextLimits(line_bytes=2048, json_depth=8, json_int_digits=30)
 PATHS = PathLimits(path_bytes=200, name_bytes=40)
@@ -84,6 +88,8 @@ def inputs(seeds: list[bytes]) -> st.SearchStrategy[bytes]:
     return st.one_of(st.binary(max_size=600), mutated(seeds))
 
 
+@ESCAPE_WARNINGS
+@PY2_HEADER_WARNINGS
 @FUZZ
 @given(inputs(NPY_SEEDS))
 def test_npy_bytes_parse_or_are_refused(data: bytes) -> None:
@@ -99,6 +105,8 @@ def test_npy_bytes_parse_or_are_refused(data: bytes) -> None:
         assert exc.status == 422
 
 
+@ESCAPE_WARNINGS
+@PY2_HEADER_WARNINGS
 @FUZZ
 @given(inputs(NPZ_SEEDS))
 def test_npz_bytes_parse_or_are_refused(data: bytes) -> None:

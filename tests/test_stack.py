@@ -27,19 +27,17 @@ from pathlib import Path
 
 import httpx
 import pytest
-import redis
 
 from service.launcher import StackSpec, free_port, stack
-from tests.conftest import REDIS_URL, scratch_database
+from tests.conftest import scratch_database
 from tests.runs_helpers import labelled_run
+from tests.servers import private_redis
 from tests.test_ingest_api import COVID, _labelled_images
 
 ROOT = Path(__file__).resolve().parent.parent
 PER_LABEL = 24
 #: small enough for a 2-core CI box: warm-up 16 pairs, 3 curation steps of 16, then one epoch on the subset
 CONFIG = {"k": 2, "warmup_samples": 16, "batch_size": 16, "epochs": 2, "curation_epochs": 1, "max_central": 2}
-#: a separate Redis database from the other process tests (db 15), so they can run side by side
-STACK_REDIS = REDIS_URL.rsplit("/", 1)[0] + "/14"
 TRAIN_TIMEOUT = 900
 
 
@@ -69,11 +67,11 @@ def cli_token(command: list[str], env: dict[str, str], role: str, runs: list[int
 
 @contextlib.contextmanager
 def processes(tmp_path: Path) -> Iterator[Deployment]:
-    redis.Redis.from_url(STACK_REDIS).flushdb()
-    with scratch_database(migrate=False) as db_url:
+    # a redis-server of its own: a shared database number would share queues with any other suite on the host
+    with private_redis(tmp_path) as broker, scratch_database(migrate=False) as db_url:
         env = {
             "CHEX_DATABASE_URL": db_url,
-            "CHEX_BROKER_URL": STACK_REDIS,
+            "CHEX_BROKER_URL": broker,
             "CHEX_CURATION_WAIT_SECONDS": "10",
             "CHEX_INIT_REDRIVE_SECONDS": "5",
         }
@@ -218,9 +216,8 @@ def test_stack_trains_a_run_to_the_end(deployment: Deployment) -> None:
 
 
 def test_up_command_prints_a_token_and_stops_its_children_on_ctrl_c(tmp_path: Path) -> None:
-    redis.Redis.from_url(STACK_REDIS).flushdb()
-    with scratch_database(migrate=False) as db_url:
-        env = {**os.environ, "CHEX_DATABASE_URL": db_url, "CHEX_BROKER_URL": STACK_REDIS}
+    with private_redis(tmp_path) as broker, scratch_database(migrate=False) as db_url:
+        env = {**os.environ, "CHEX_DATABASE_URL": db_url, "CHEX_BROKER_URL": broker}
         port = free_port()
         proc = subprocess.Popen(
             [sys.executable, "-m", "service.cli", "up", "--port", str(port), "--admin-token", "--loglevel", "warning"],
