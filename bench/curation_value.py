@@ -56,14 +56,14 @@ import torch
 import torch.nn.functional as F
 
 from bench.report import machine
-from service.arrays import unit_rows
+from service.curation import BAND_LABELS, CurationConfig, curate_offline
 from service.demo import AdminApi, EmbeddedService, csv_text, flagged_shares, read_csv
 from service.ingest.reports import synthesize_report
+from service.uploads import unit_rows
 from trainer.data import ImageTransform, encode_batch
 from trainer.eval import EvalRow, evaluate, read_labelled_csv
 from trainer.model import ClipModel, build_model, load_checkpoint_model
 from trainer.train import Summary, TrainConfig, train
-from workers.curation import BAND_LABELS, CurationConfig, curate_offline
 
 ROOT = Path(__file__).resolve().parent.parent
 COVID = ROOT.parent / "shared" / "data" / "covid19_radiography"
@@ -186,7 +186,7 @@ class DataSet:
 
 
 def synthetic(settings: Settings, log: Callable[[str], None]) -> DataSet:
-    from workers.synth import generate
+    from service.synth import generate
 
     out = settings.work / "synth"
     if out.exists():

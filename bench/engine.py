@@ -13,8 +13,8 @@ import torch
 
 from bench.baseline import loop_select, loop_update
 from bench.report import interleaved_medians, write_section
-from workers.curation import Backend, CpuBackend, CurationConfig, init_prototypes, select_batch, update_prototypes
-from workers.synthetic import long_tailed_embeddings
+from service.curation import Backend, CpuBackend, CurationConfig, init_prototypes, select_batch, update_prototypes
+from service.synth.embeddings import long_tailed_embeddings
 
 BUDGET = 0.25
 SIZES = ((640, 1024, 6), (2560, 1024, 64))

@@ -39,15 +39,15 @@ import torch.nn.functional as F
 
 from bench.engine import SIZES, measure
 from bench.report import recorded, write_section
+from service.curation import CpuBackend, CurationConfig, TorchBackend, init_prototypes, select_batch, update_prototypes
+from service.curation.kmeans import faiss_gpu_available
+from service.synth.embeddings import long_tailed_embeddings
 from trainer.client import ServiceClient
 from trainer.data import Batch
 from trainer.distributed import World
 from trainer.model import MINILM, PRESETS, ClipConfig, ClipModel, build_model
 from trainer.schedule import estimate_total_steps
 from trainer.train import TrainConfig, Trainer
-from workers.curation import CpuBackend, CurationConfig, TorchBackend, init_prototypes, select_batch, update_prototypes
-from workers.curation.kmeans import faiss_gpu_available
-from workers.synthetic import long_tailed_embeddings
 
 PARTS = ("parity", "speed", "kmeans", "trainer", "docs")
 WARMUP_ROWS = 4096  # k-means rows for the prototypes, as bench/engine.py

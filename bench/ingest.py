@@ -18,9 +18,9 @@ import psycopg
 
 from bench.report import write_section
 from service.auth import create_token
-from service.bulk import embedding_copy_payload
 from service.db import make_engine, session_factory
 from service.migrate import upgrade
+from service.storage.pgcopy import embedding_copy_payload
 from tests.servers import uvicorn_server
 
 ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"

@@ -25,12 +25,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from bench.ingest import ADMIN_URL, sample_ids, setup_database
 from bench.report import write_section
-from service.bulk import embedding_copy_payload
 from service.db import make_engine, session_factory
 from service.models import PrototypeVersion
-from workers.jobs.embedding_reader import DEFAULT_PARTS, read_embeddings
-from workers.jobs.kmeans import RefreshResult, refresh_prototypes
-from workers.synthetic import long_tailed_embeddings
+from service.runs.prototypes import RefreshResult, refresh_prototypes
+from service.storage.embedding_reader import DEFAULT_PARTS, read_embeddings
+from service.storage.pgcopy import embedding_copy_payload
+from service.synth.embeddings import long_tailed_embeddings
 
 BUDGET = 1.5
 

@@ -75,7 +75,7 @@ def children_running(module: str) -> list[int]:
 
 def generate_part(path: str, sample_ids: np.ndarray, dim: int, seed: int, centre_seed: int) -> int:
     """One ``.npz`` part (runs in a generator process); returns the process's peak RSS so far."""
-    from workers.synthetic import long_tailed_embeddings
+    from service.synth.embeddings import long_tailed_embeddings
 
     features = long_tailed_embeddings(len(sample_ids), dim, seed=seed, centre_seed=centre_seed).features
     np.savez(path, sample_id=sample_ids, embedding=features.astype(np.float16))
@@ -84,7 +84,7 @@ def generate_part(path: str, sample_ids: np.ndarray, dim: int, seed: int, centre
 
 def curate_job(url: str, run_id: int) -> tuple[dict[str, Any], int]:
     """The job as a worker process runs it; returns its summary and the process's peak RSS."""
-    from workers.jobs import run_offline_curation
+    from service.jobs import run_offline_curation
 
     engine = make_engine(url)
     try:

@@ -23,14 +23,14 @@ import torch
 from bench.baseline import loop_select
 from bench.report import write_section
 from service.auth import create_token
+from service.curation import default_backend
 from service.db import make_engine, session_factory
-from service.lifecycle import PrototypeCache
 from service.migrate import upgrade
-from service.steps import apply_embeddings
+from service.runs.posts import apply_embeddings
+from service.runs.schedule import PrototypeCache
+from service.synth.embeddings import long_tailed_embeddings
 from tests.servers import celery_worker, uvicorn_server
-from workers.curation import default_backend
 from workers.state import warm_up
-from workers.synthetic import long_tailed_embeddings
 
 ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 REDIS_URL = "redis://127.0.0.1:6379/13"

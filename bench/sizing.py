@@ -13,8 +13,8 @@ import numpy as np
 import psycopg
 
 from bench.ingest import ADMIN_URL, setup_database
-from service.bulk import insert_decisions, upsert_embeddings
 from service.db import make_engine, session_factory
+from service.storage.pgcopy import insert_decisions, upsert_embeddings
 
 TABLES = ("embeddings", "decisions", "samples")
 

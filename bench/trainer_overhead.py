@@ -46,13 +46,13 @@ import torch
 
 from bench.report import write_section
 from service.auth import create_token
+from service.curation import BAND_LABELS, CurationConfig, init_prototypes, select_batch, update_prototypes
 from service.db import make_engine, session_factory
 from service.launcher import Child, start_api, start_worker, wait_http
 from service.migrate import upgrade
 from trainer.client import ServiceClient
 from trainer.distributed import World
 from trainer.train import TrainConfig, Trainer
-from workers.curation import BAND_LABELS, CurationConfig, init_prototypes, select_batch, update_prototypes
 
 ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 #: 15 and 14 are the process tests', 13 bench/roundtrip's, 12 tests/test_trainer_e2e's

@@ -11,8 +11,8 @@ from kombu.exceptions import OperationalError as BrokerDown
 
 from .config import Settings
 from .errors import ApiError, ServiceUnavailable
-from .lifecycle import InitPrototypes, init_or_record
 from .models import Run
+from .runs.schedule import InitPrototypes, init_or_record
 from .schemas.tasks import TaskAccepted, TaskStatus
 
 

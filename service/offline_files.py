@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from workers.curation import BAND_LABELS, CurationConfig, OfflineCuration
+from service.curation import BAND_LABELS, CurationConfig, OfflineCuration
 
 EXPORT_SUFFIXES = (".jsonl", ".csv")
 

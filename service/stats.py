@@ -17,12 +17,12 @@ from sqlalchemy import ColumnElement, Integer, Select, case, cast, func, literal
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
-from workers.curation import BAND_LABELS, Band, compute_fraction
-from workers.report import enrichment_from_counts
+from service.curation import BAND_LABELS, Band, compute_fraction
+from service.enrichment import enrichment_from_counts
 
 from .errors import ApiError
-from .lifecycle import in_pool, run_config
 from .models import Decision, PrototypeVersion, Run, Sample
+from .runs.schedule import in_pool, run_config
 from .schemas.admin import BandCounts, LabelShare, PrototypeDrift, PrototypeStats, RunStats
 from .schemas.runs import RunError
 

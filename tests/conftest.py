@@ -49,8 +49,8 @@ def pg_url() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def app(pg_url):
     """The API on the session's Postgres database (in-process ASGI; the process-level tests start uvicorn)."""
+    from service.api.app import create_app
     from service.config import Settings
-    from service.main import create_app
 
     application = create_app(Settings(database_url=pg_url, max_body_bytes=64 * 1024 * 1024))
     yield application

@@ -8,8 +8,8 @@ import json
 
 import pytest
 
+from service.curation import Band
 from service.models import Decision
-from workers.curation import Band
 
 from .test_admin_stats import SeededRun, seed_curated_run
 

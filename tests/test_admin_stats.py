@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from sqlalchemy.orm import Session
 
+from service.curation import Band, CurationConfig
 from service.models import Dataset, Decision, PrototypeVersion, Run, Sample
-from workers.curation import Band, CurationConfig
 
 # (external id, labels, status): 8 accepted samples, one rejected one that must count nowhere
 SAMPLES = [

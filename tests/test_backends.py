@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.test_selection_reference import random_case
-from workers.curation import (
+from service.curation import (
     CpuBackend,
     CurationConfig,
     TorchBackend,
@@ -16,6 +15,7 @@ from workers.curation import (
     select_batch,
     update_prototypes,
 )
+from tests.test_selection_reference import random_case
 
 #: the CUDA cases: ``pytest -m gpu`` selects them (bench/gpu_pass.py runs them on a device machine)
 CUDA = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")]

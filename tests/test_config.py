@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from workers.curation import CurationConfig
+from service.curation import CurationConfig
 
 
 def test_defaults_are_the_papers() -> None:

@@ -22,9 +22,9 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from sqlalchemy import func, select
 
+from service.api.app import create_app
 from service.auth import create_token
 from service.config import Settings
-from service.main import create_app
 from service.models import Base, Dataset, Manifest, Run, Sample
 from tests.conftest import scratch_database
 from tests.hostile import deflated_zeros, npy, npy_header, stored, zip_archive

@@ -390,8 +390,8 @@ def small_client(pg_url):
     """The API with a 4 KiB body limit on the same database (the session's admin token works here too)."""
     from fastapi.testclient import TestClient
 
+    from service.api.app import create_app
     from service.config import Settings
-    from service.main import create_app
 
     application = create_app(Settings(database_url=pg_url, max_body_bytes=4096))
     with TestClient(application) as test_client:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from workers.curation import compute_fraction, curation_features, init_prototypes
+from service.curation import compute_fraction, curation_features, init_prototypes
 
 
 def test_init_prototypes_are_unit_deterministic_and_find_clusters() -> None:

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
-import workers.jobs.embedding_reader as reader
+import service.storage.embedding_reader as reader
+from service.curation import init_prototypes
 from service.db import make_engine, session_factory
 from service.errors import ApiError
 from service.migrate import upgrade
 from service.models import Dataset, Embedding, PrototypeVersion, Run, Sample
+from service.runs.prototypes import refresh_prototypes, training_sample
 from tests.runs_helpers import make_dataset, npz
-from workers.curation import init_prototypes
-from workers.jobs.kmeans import refresh_prototypes, training_sample
 
 OCTET = {"Content-Type": "application/octet-stream"}
 N, DIM, K = 300, 32, 4

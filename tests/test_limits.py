@@ -12,12 +12,12 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
+from service.api.app import create_app
 from service.auth import create_token
 from service.config import Settings
 from service.ingest.paths import PathRejected, RootNotAllowed, check_root
 from service.ingest.rows import MalformedBody, decoded_lines, iter_jsonl, json_too_deep, unstorable_text
 from service.limits import PathLimits, TextLimits
-from service.main import create_app
 from service.migrate import upgrade
 from service.models import EpochItem, Run, RunExclusion, Sample
 from tests.runs_helpers import encode, make_dataset, npy

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import workers.jobs.neighbours as nb
+import service.jobs.neighbours as nb
+from service.curation import Band
 from service.models import Decision, Sample
 from tests.runs_helpers import make_dataset, npz
-from workers.curation import Band
 
 OCTET = {"Content-Type": "application/octet-stream"}
 N, EMBEDDED, DIM = 60, 50, 24

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from workers.curation import CurationConfig, compute_fraction, curate_offline
-from workers.report import flagged_share, label_enrichment
-from workers.synthetic import finding_prevalence, long_tailed_embeddings
+from service.curation import CurationConfig, compute_fraction, curate_offline
+from service.enrichment import flagged_share, label_enrichment
+from service.synth.embeddings import finding_prevalence, long_tailed_embeddings
 
 
 @pytest.fixture(scope="module")

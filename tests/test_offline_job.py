@@ -6,17 +6,17 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select
 
-from service.arrays import unit_rows
-from service.bulk import upsert_embeddings
+from service.curation import Band, CurationConfig, curate_offline
 from service.db import make_engine, session_factory
 from service.errors import ApiError
+from service.jobs import OFFLINE_MANIFEST, run_offline_curation
 from service.migrate import upgrade
 from service.models import Decision, Manifest, PrototypeVersion, Run
+from service.storage.pgcopy import upsert_embeddings
+from service.storage.stored_embeddings import read_unit_features
+from service.synth.embeddings import long_tailed_embeddings
+from service.uploads import unit_rows
 from tests.runs_helpers import make_dataset, npz
-from workers.curation import Band, CurationConfig, curate_offline
-from workers.jobs import OFFLINE_MANIFEST, run_offline_curation
-from workers.jobs.stored_embeddings import read_unit_features
-from workers.synthetic import long_tailed_embeddings
 
 ROWS, DIM = 3000, 64
 CONFIG = {"warmup_samples": 500, "batch_size": 200, "seed": 7}

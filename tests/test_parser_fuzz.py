@@ -13,12 +13,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service.arrays import check_embeddings, read_npy, read_npz
 from service.errors import ApiError
 from service.ingest import parse_body
 from service.ingest.paths import PathRejected, resolve_inside
 from service.ingest.rows import MalformedBody, RowRejected, row_input, unstorable_text
 from service.limits import ArrayLimits, PathLimits, TextLimits
+from service.uploads import check_embeddings, read_npy, read_npz
 from tests.hostile import deflated_zeros, npy, npy_header, stored, zip_archive
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from workers.curation.groups import grouped_quantiles
+from service.curation.groups import grouped_quantiles
 
 
 @settings(max_examples=300, deadline=None)

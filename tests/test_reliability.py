@@ -14,9 +14,9 @@ import schemathesis
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from service.api.app import create_app
 from service.auth import create_token
 from service.config import Settings
-from service.main import create_app
 from service.migrate import upgrade
 
 from .conftest import PG_ADMIN_URL

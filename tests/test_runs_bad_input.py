@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select
 
+from service.api.app import create_app
 from service.config import Settings
-from service.main import create_app
 from service.models import Decision, Embedding, EpochItem, Run
 from tests.runs_helpers import encode, make_dataset, npy, npz
 

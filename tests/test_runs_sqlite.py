@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fastapi.testclient import TestClient
 
+from service.api.app import create_app
 from service.auth import create_token
 from service.config import Settings
-from service.main import create_app
 from service.migrate import upgrade
 from tests.runs_helpers import make_dataset
 from tests.test_runs_lifecycle import CONFIG, drive

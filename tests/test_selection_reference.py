@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from service.curation import CurationConfig, select_batch
 from tests.dyadic import clustered_dyadic_batch, dyadic_features, dyadic_prototypes
 from tests.reference import reference_select
-from workers.curation import CurationConfig, select_batch
 
 SAMPLERS = ("fps", "density", "random")
 QUANTILES = ((0.85, 0.95), (0.5, 0.9), (0.1, 0.2), (0.7, 0.75))

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from service.curation import Band, CurationConfig, select_batch
 from tests.reference import reference_fps
-from workers.curation import Band, CurationConfig, select_batch
 
 
 def unit(rows: np.ndarray) -> np.ndarray:

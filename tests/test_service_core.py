@@ -26,8 +26,8 @@ def test_health_ready_metrics_docs(client) -> None:
 def test_readyz_checks_the_real_redis_broker_and_a_live_worker(pg_url) -> None:
     from fastapi.testclient import TestClient
 
+    from service.api.app import create_app
     from service.config import Settings
-    from service.main import create_app
     from tests.conftest import REDIS_URL
     from tests.servers import celery_worker
 

@@ -22,11 +22,11 @@ from service.cli import app as cli_app
 from service.ingest.dicom import scan_folder, to_uint8
 from service.ingest.paths import PathRejected, check_image_bytes
 from service.models import Sample
-from workers.synth import CATALOGUE, generate
-from workers.synth.findings import BY_LABEL, KEYS, no_finding_rate
-from workers.synth.generate import SynthConfig, patient, plan, survives_ingest
-from workers.synth.images import body_coordinates, draw_anatomy, draw_finding_params, render
-from workers.synth.reports import Phrasing, mentions, write_report
+from service.synth import CATALOGUE, generate
+from service.synth.findings import BY_LABEL, KEYS, no_finding_rate
+from service.synth.generate import SynthConfig, patient, plan, survives_ingest
+from service.synth.images import body_coordinates, draw_anatomy, draw_finding_params, render
+from service.synth.reports import Phrasing, mentions, write_report
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:

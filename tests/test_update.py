@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from service.curation import CurationConfig, sinkhorn, update_prototypes
 from tests.reference import reference_update
-from workers.curation import CurationConfig, sinkhorn, update_prototypes
 
 
 def unit(x: np.ndarray) -> np.ndarray:

@@ -11,10 +11,10 @@ import redis
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.config import get_settings
+from service.curation import Backend, CpuBackend, CurationConfig, default_backend, select_batch
 from service.db import make_engine, session_factory
-from service.lifecycle import PrototypeCache
-from workers.curation import Backend, CpuBackend, CurationConfig, default_backend, select_batch
-from workers.jobs.neighbours import NeighbourIndexCache
+from service.jobs.neighbours import NeighbourIndexCache
+from service.runs.schedule import PrototypeCache
 
 
 @dataclass

@@ -11,14 +11,14 @@ from typing import Any
 from celery import Task
 from celery.signals import worker_init, worker_process_init
 
-from service.arrays import read_npy
 from service.config import get_settings
 from service.errors import ApiError, ServiceUnavailable
 from service.ingest import run_dicom_scan
-from service.lifecycle import advance_if_epoch_done, init_or_record, lock_run
 from service.models import Dataset
+from service.runs.posts import apply_embeddings, manifest_phase
+from service.runs.schedule import advance_if_epoch_done, init_or_record, lock_run
 from service.schemas.datasets import DicomScanRequest
-from service.steps import apply_embeddings, manifest_phase
+from service.uploads import read_npy
 
 from .celery_app import TASK_CURATE, TASK_DICOM_SCAN, TASK_INIT_PROTOTYPES, TASK_NEIGHBOUR_INDEX, TASK_OFFLINE, app
 from .state import warm_up, worker_state
@@ -114,7 +114,7 @@ def dicom_scan(self: Task, dataset_id: int, request: dict[str, Any]) -> dict[str
 @app.task(name=TASK_OFFLINE, bind=True)
 def offline_curation(self: Task, run_id: int) -> dict[str, Any]:
     """Offline curation of a run's stored embeddings; progress goes to the run row (shown in its stats)."""
-    from workers.jobs.offline import run_offline_curation
+    from service.jobs.offline import run_offline_curation
 
     state = worker_state()
 

@@ -13,11 +13,11 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session, sessionmaker
 
-from workers.plots import band_figure_png
+from service.stats_plot import band_figure_png
 
 from .. import stats
-from ..deps import AdminDep, RunId, SessionDep
 from ..schemas.admin import ExportFormat, RunStats
+from .deps import AdminDep, RunId, SessionDep
 
 router = APIRouter(prefix="/v1/runs", tags=["admin"])
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from .api import router
+from ..config import Settings, get_settings
+from ..db import make_engine, session_factory
+from ..dispatch import Dispatcher
+from ..errors import install_error_handlers
+from . import router
 from .body import BodyLimit
-from .config import Settings, get_settings
-from .db import make_engine, session_factory
-from .dispatch import Dispatcher
-from .errors import install_error_handlers
 from .metrics import install_metrics
 
 

@@ -20,8 +20,8 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import ApiError
-from .limits import BodyLimits
+from ..errors import ApiError
+from ..limits import BodyLimits
 
 F = TypeVar("F", bound=Callable[..., Any])
 _STREAMED: set[Callable[..., Any]] = set()

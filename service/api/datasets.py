@@ -13,16 +13,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from ..body import streamed_body
 from ..config import Settings
-from ..deps import AdminDep, DatasetId, DispatcherDep, SessionDep, SettingsDep
 from ..errors import ApiError
-from ..exclusions import exclude_from_dataset
 from ..ingest import ingest_rows, parse_body, run_dicom_scan
 from ..ingest.dicom import ScanIssue
 from ..ingest.paths import PathRejected, RootNotAllowed, check_allowed, check_root
 from ..ingest.rows import MalformedBody, body_format
 from ..models import Dataset, Sample
+from ..runs.exclusions import exclude_from_dataset
 from ..schemas.datasets import (
     DatasetCreate,
     DatasetOut,
@@ -38,6 +36,8 @@ from ..schemas.datasets import (
     UploadResult,
 )
 from ..schemas.tasks import TaskAccepted
+from .body import streamed_body
+from .deps import AdminDep, DatasetId, DispatcherDep, SessionDep, SettingsDep
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 T = TypeVar("T")

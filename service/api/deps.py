@@ -8,12 +8,12 @@ from typing import Annotated
 from fastapi import Depends, Header, Path, Request
 from sqlalchemy.orm import Session
 
-from .auth import authenticate, require_admin, require_run_access
-from .config import Settings
-from .db import session_scope
-from .dispatch import Dispatcher
-from .limits import BIGINT_MAX, INT_MAX
-from .models import Token
+from ..auth import authenticate, require_admin, require_run_access
+from ..config import Settings
+from ..db import session_scope
+from ..dispatch import Dispatcher
+from ..limits import BIGINT_MAX, INT_MAX
+from ..models import Token
 
 
 def get_settings(request: Request) -> Settings:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter
 from sqlalchemy import text
 
-from ..deps import DispatcherDep, SessionDep, SettingsDep
 from ..errors import ServiceUnavailable
+from .deps import DispatcherDep, SessionDep, SettingsDep
 
 router = APIRouter(tags=["health"])
 

@@ -11,19 +11,16 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from workers.curation.config import MAX_BATCH_SIZE
+from service.curation.config import MAX_BATCH_SIZE
 
-from ..arrays import check_embeddings, read_npy, read_npz
-from ..body import read_body, spool_body, streamed_body
-from ..bulk import foreign_ids, upsert_embeddings
 from ..config import Settings
-from ..deps import AdminDep, DispatcherDep, RunAccessDep, RunId, SampleId, SessionDep, SettingsDep, StepNo
 from ..errors import ApiError
-from ..exclusions import exclude_from_run, excluded_from_run
-from ..failures import ensure_runnable
-from ..leasing import claim, complete, holds_live_lease, next_lease_expiry
-from ..lifecycle import advance_if_epoch_done, lock_run
 from ..models import Manifest, Run, Sample
+from ..runs.exclusions import exclude_from_run, excluded_from_run
+from ..runs.failures import ensure_runnable
+from ..runs.leasing import claim, complete, holds_live_lease, next_lease_expiry
+from ..runs.posts import apply_embeddings, manifest_phase, open_manifest, run_width
+from ..runs.schedule import advance_if_epoch_done, lock_run
 from ..schemas.runs import (
     AckOut,
     BulkOut,
@@ -34,7 +31,10 @@ from ..schemas.runs import (
     StoredOut,
     UnreadableReport,
 )
-from ..steps import apply_embeddings, manifest_phase, open_manifest, run_width
+from ..storage.pgcopy import foreign_ids, upsert_embeddings
+from ..uploads import check_embeddings, read_npy, read_npz
+from .body import read_body, spool_body, streamed_body
+from .deps import AdminDep, DispatcherDep, RunAccessDep, RunId, SampleId, SessionDep, SettingsDep, StepNo
 
 router = APIRouter(prefix="/v1/runs/{run_id}", tags=["manifests"])
 

@@ -21,15 +21,15 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from workers.curation import BAND_LABELS
-from workers.jobs.neighbours import IndexState, NeighbourIndexCache, neighbours
+from service.curation import BAND_LABELS
+from service.jobs.neighbours import IndexState, NeighbourIndexCache, neighbours
 
 from .. import stats
 from ..config import Settings
-from ..deps import AdminDep, DispatcherDep, RunId, SampleId, SessionDep, SettingsDep
 from ..errors import ApiError
 from ..models import Decision, Embedding, Sample
 from ..schemas.tasks import TaskAccepted
+from .deps import AdminDep, DispatcherDep, RunId, SampleId, SessionDep, SettingsDep
 
 router = APIRouter(prefix="/v1/runs", tags=["admin"])
 

@@ -11,16 +11,16 @@ from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from workers.curation import CurationConfig
+from service.curation import CurationConfig
 
-from ..deps import AdminDep, DispatcherDep, RunAccessDep, RunId, SessionDep
 from ..errors import ApiError
-from ..exclusions import check_in_dataset, exclude_from_run
-from ..failures import clear_failure
-from ..lifecycle import advance_if_epoch_done, lock_run, reinit_prototypes, start
 from ..models import Dataset, EpochItem, Run, RunExclusion
+from ..runs.exclusions import check_in_dataset, exclude_from_run
+from ..runs.failures import clear_failure
+from ..runs.schedule import advance_if_epoch_done, lock_run, reinit_prototypes, start
 from ..schemas.runs import ExclusionEntry, RepairRequest, RunCreate, RunOut
 from ..schemas.tasks import TaskAccepted
+from .deps import AdminDep, DispatcherDep, RunAccessDep, RunId, SessionDep
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
 
@@ -133,6 +133,6 @@ async def offline_curation(
 
         response.status_code = status.HTTP_202_ACCEPTED
         return dispatcher.submit(TASK_OFFLINE, [run_id])
-    from workers.jobs.offline import run_offline_curation
+    from service.jobs.offline import run_offline_curation
 
     return await run_in_threadpool(run_offline_curation, request.app.state.sessions, run_id)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from ..deps import AdminDep, DispatcherDep
 from ..errors import ApiError
 from ..schemas.tasks import TaskStatus
+from .deps import AdminDep, DispatcherDep
 
 router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
 

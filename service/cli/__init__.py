@@ -14,15 +14,15 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from workers.curation import CentralSampler, CurationConfig, OfflineCuration, compute_fraction, curate_offline
-from workers.offline_io import (
+from service.curation import CentralSampler, CurationConfig, OfflineCuration, compute_fraction, curate_offline
+from service.offline_files import (
     EmbeddingFileError,
     check_export_path,
     export_subset,
     load_embeddings,
     save_embeddings,
 )
-from workers.synth import SynthFormat
+from service.synth import SynthFormat
 
 app = typer.Typer(help="CheXficient curation for chest X-ray vision-language pretraining.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema (Alembic).", no_args_is_help=True)
@@ -41,7 +41,7 @@ def serve(
     """Run the HTTP API (settings from CHEX_* environment variables)."""
     import uvicorn
 
-    uvicorn.run("service.main:create_app", factory=True, host=host, port=port, workers=workers)
+    uvicorn.run("service.api.app:create_app", factory=True, host=host, port=port, workers=workers)
 
 
 @app.command()
@@ -210,7 +210,7 @@ def synth_embeddings(
     seed: Annotated[int, typer.Option(min=0)] = 0,
 ) -> None:
     """Generate a long-tailed, redundant, slightly noisy embedding set for trying curation."""
-    from workers.synthetic import long_tailed_embeddings
+    from service.synth.embeddings import long_tailed_embeddings
 
     if out.suffix != ".npz":
         raise _fail(f"output must be a .npz file, got {out.name!r}")
@@ -256,7 +256,7 @@ def synth(
 
     from tqdm import tqdm
 
-    from workers.synth import generate, survives_ingest
+    from service.synth import generate, survives_ingest
 
     try:
         with tqdm(total=train + test, unit="pair", desc="synth", file=sys.stderr) as bar:
@@ -439,7 +439,3 @@ def _subset_table(title: str, rows_label: str, rows: int, summary: dict[str, Any
 
 def _print_summary(summary: dict[str, Any]) -> None:
     Console().print(_subset_table("curated subset", "rows", summary["rows"], summary))
-
-
-if __name__ == "__main__":
-    app()

@@ -28,7 +28,7 @@ from typing import Any, TextIO
 import httpx
 import numpy as np
 
-from .launcher import Child, start_api, wait_http
+from ..launcher import Child, start_api, wait_http
 
 #: findings of the synthetic set, rarest first, whose enrichment the summary shows (lowest train prevalence)
 RARE_SHOWN = 5
@@ -51,7 +51,7 @@ class EmbeddedService:
     _log: TextIO | None = None
 
     def start(self) -> EmbeddedService:
-        from .migrate import upgrade
+        from ..migrate import upgrade
 
         self.workdir.mkdir(parents=True, exist_ok=True)
         db = self.workdir / "chexcurate.db"
@@ -87,8 +87,8 @@ class EmbeddedService:
 
     def token(self, role: str, name: str, runs: Sequence[int] | None = None) -> str:
         """A new bearer token in the service's database (what ``chexcurate token create`` does)."""
-        from .auth import create_token
-        from .db import make_engine, session_factory
+        from ..auth import create_token
+        from ..db import make_engine, session_factory
 
         engine = make_engine(self.database_url)
         try:
@@ -288,7 +288,7 @@ class DemoOptions:
 
 def run_demo(options: DemoOptions, say: Callable[[str], None]) -> dict[str, Any]:
     """The whole demo; returns the summary (the caller prints it)."""
-    from workers.synth import generate
+    from service.synth import generate
 
     out = options.out_dir
     out.mkdir(parents=True, exist_ok=True)

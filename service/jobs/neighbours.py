@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.models import Embedding
 
-from .embedding_reader import DEFAULT_PARTS, EmbeddingSet, engine_of, read_embeddings, scan_embeddings
+from ..storage.embedding_reader import DEFAULT_PARTS, EmbeddingSet, engine_of, read_embeddings, scan_embeddings
 
 log = logging.getLogger(__name__)
 

@@ -14,14 +14,14 @@ from numpy.typing import NDArray
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.bulk import insert_decisions
+from service.curation import Backend, CurationConfig, OfflineCuration, curate_offline
 from service.errors import ApiError
-from service.lifecycle import run_config
 from service.models import Decision, Embedding, PrototypeVersion, Run
-from workers.curation import Backend, CurationConfig, OfflineCuration, curate_offline
+from service.runs.schedule import run_config
+from service.storage.pgcopy import insert_decisions
 
+from ..storage.stored_embeddings import read_unit_features
 from .progress import ProgressCallback, ProgressRecorder
-from .stored_embeddings import read_unit_features
 
 #: ``Decision.manifest_id`` of offline decisions: there is no manifest, and it tells them from online ones
 OFFLINE_MANIFEST = "offline"

@@ -8,11 +8,11 @@ import numpy as np
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from .bulk import foreign_ids
-from .errors import ApiError
+from ..errors import ApiError
+from ..models import Embedding, Run, RunExclusion, Sample
+from ..schemas.datasets import ExclusionOut
+from ..storage.pgcopy import foreign_ids
 from .leasing import skip_samples
-from .models import Embedding, Run, RunExclusion, Sample
-from .schemas.datasets import ExclusionOut
 
 
 def check_in_dataset(session: Session, dataset_id: int, sample_ids: list[int]) -> None:

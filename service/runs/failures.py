@@ -15,8 +15,8 @@ from typing import Any
 
 from sqlalchemy.exc import DBAPIError
 
-from .errors import ApiError, ServiceUnavailable, StepFailure
-from .models import Run
+from ..errors import ApiError, ServiceUnavailable, StepFailure
+from ..models import Run
 
 STEP_INIT = "warmup_kmeans"
 STEP_CURATE = "curation_step"

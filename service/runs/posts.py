@@ -14,16 +14,16 @@ from numpy.typing import NDArray
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from workers.curation import Backend
+from service.curation import Backend
 
-from .arrays import check_embeddings
-from .bulk import upsert_embeddings
-from .errors import ApiError, StepFailure
+from ..errors import ApiError, StepFailure
+from ..models import Embedding, Manifest, Run
+from ..schemas.runs import StoredOut
+from ..storage.pgcopy import upsert_embeddings
+from ..uploads import check_embeddings
 from .failures import STEP_CURATE, clear_failure, ensure_runnable, failed_step_answer, is_infrastructure, record_failure
 from .leasing import complete, manifest_rows
-from .lifecycle import InitPrototypes, PrototypeCache, advance_if_epoch_done, curate_step, lock_run
-from .models import Embedding, Manifest, Run
-from .schemas.runs import StoredOut
+from .schedule import InitPrototypes, PrototypeCache, advance_if_epoch_done, curate_step, lock_run
 
 
 def open_manifest(session: Session, run: Run, manifest_id: str) -> tuple[Manifest, list[int]]:

@@ -19,12 +19,12 @@ import numpy as np
 from numpy.typing import NDArray
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.curation import init_prototypes
 from service.errors import ApiError
-from service.lifecycle import lock_run
 from service.models import PrototypeVersion, Run
-from workers.curation import init_prototypes
+from service.runs.schedule import lock_run
 
-from .embedding_reader import DEFAULT_PARTS, read_embeddings, stored_ids
+from ..storage.embedding_reader import DEFAULT_PARTS, read_embeddings, stored_ids
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from numpy.typing import NDArray
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session, object_session
 
-from workers.curation import (
+from service.curation import (
     BAND_LABELS,
     Backend,
     CurationConfig,
@@ -25,12 +25,12 @@ from workers.curation import (
     update_prototypes,
 )
 
-from .arrays import float16_problems, unit_rows
-from .bulk import insert_decisions
-from .errors import ApiError, StepFailure
+from ..errors import ApiError, StepFailure
+from ..models import Decision, Embedding, EpochItem, Manifest, PrototypeVersion, Run, RunExclusion, Sample
+from ..storage.pgcopy import insert_decisions
+from ..uploads import float16_problems, unit_rows
 from .failures import STEP_INIT, clear_failure, is_infrastructure, record_failure, stopped
 from .leasing import epoch_open, materialise_epoch
-from .models import Decision, Embedding, EpochItem, Manifest, PrototypeVersion, Run, RunExclusion, Sample
 
 #: what brings the prototypes of a run out of warm-up: k-means here (embedded) or a worker task asked for
 InitPrototypes = Callable[[Run], None]

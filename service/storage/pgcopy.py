@@ -11,7 +11,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from .models import Decision, Embedding, Sample
+from ..models import Decision, Embedding, Sample
 
 DECISION_COLUMNS = (
     "run_id",

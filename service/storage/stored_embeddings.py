@@ -14,9 +14,9 @@ from numpy.typing import NDArray
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from service.arrays import unit_rows
 from service.errors import ApiError
 from service.models import Embedding
+from service.uploads import unit_rows
 
 #: rows per chunk: a few MB of raw COPY data and a float32 copy of the same rows
 CHUNK_ROWS = 8192

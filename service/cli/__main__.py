@@ -1,0 +1,5 @@
+"""``python -m service.cli``: the ``chexcurate`` command line."""
+
+from . import app
+
+app()
