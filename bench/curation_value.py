@@ -56,10 +56,9 @@ import torch
 import torch.nn.functional as F
 
 from bench.report import machine
-from service.curation import BAND_LABELS, CurationConfig, curate_offline
+from service.curation import BAND_LABELS, CurationConfig, curate_offline, unit_rows
 from service.demo import AdminApi, EmbeddedService, csv_text, flagged_shares, read_csv
 from service.ingest.reports import synthesize_report
-from service.uploads import unit_rows
 from trainer.data import ImageTransform, encode_batch
 from trainer.eval import EvalRow, evaluate, read_labelled_csv
 from trainer.model import ClipModel, build_model, load_checkpoint_model

@@ -20,7 +20,7 @@ from bench.report import write_section
 from service.auth import create_token
 from service.db import make_engine, session_factory
 from service.migrate import upgrade
-from service.storage.pgcopy import embedding_copy_payload
+from service.storage.embedding_writer import embedding_copy_payload
 from tests.servers import uvicorn_server
 
 ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"

@@ -29,7 +29,7 @@ from service.db import make_engine, session_factory
 from service.models import PrototypeVersion
 from service.runs.prototypes import RefreshResult, refresh_prototypes
 from service.storage.embedding_reader import DEFAULT_PARTS, read_embeddings
-from service.storage.pgcopy import embedding_copy_payload
+from service.storage.embedding_writer import embedding_copy_payload
 from service.synth.embeddings import long_tailed_embeddings
 
 BUDGET = 1.5

@@ -84,7 +84,7 @@ def generate_part(path: str, sample_ids: np.ndarray, dim: int, seed: int, centre
 
 def curate_job(url: str, run_id: int) -> tuple[dict[str, Any], int]:
     """The job as a worker process runs it; returns its summary and the process's peak RSS."""
-    from service.jobs import run_offline_curation
+    from service.jobs.offline import run_offline_curation
 
     engine = make_engine(url)
     try:

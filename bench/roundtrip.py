@@ -13,6 +13,7 @@ import contextlib
 import io
 import time
 import uuid
+from functools import partial
 
 import httpx
 import numpy as np
@@ -23,11 +24,13 @@ import torch
 from bench.baseline import loop_select
 from bench.report import write_section
 from service.auth import create_token
+from service.config import Settings
 from service.curation import default_backend
 from service.db import make_engine, session_factory
 from service.migrate import upgrade
 from service.runs.posts import apply_embeddings
-from service.runs.schedule import PrototypeCache
+from service.runs.prototypes import PrototypeCache
+from service.runs.schedule import init_or_record
 from service.synth.embeddings import long_tailed_embeddings
 from tests.servers import celery_worker, uvicorn_server
 from workers.state import warm_up
@@ -92,6 +95,8 @@ def in_process_applies(
     engine = make_engine(url)
     sessions, backend = session_factory(engine), default_backend()
     cache: PrototypeCache = {}
+    limit = Settings().step_failure_limit
+    init = partial(init_or_record, limit=limit)  # as the worker's curate task passes them
     times: list[float] = []
     while len(times) < count:
         m = http.post(f"/v1/runs/{run_id}/manifests").raise_for_status().json()
@@ -103,7 +108,7 @@ def in_process_applies(
         batch = features[[sample_index[s] for s in ids]]
         with sessions() as session:
             start = time.perf_counter()
-            apply_embeddings(session, run_id, m["manifest_id"], batch, cache=cache, backend=backend)
+            apply_embeddings(session, run_id, m["manifest_id"], batch, init, limit, cache=cache, backend=backend)
             times.append(time.perf_counter() - start)
     engine.dispose()
     return times

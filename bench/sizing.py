@@ -14,7 +14,8 @@ import psycopg
 
 from bench.ingest import ADMIN_URL, setup_database
 from service.db import make_engine, session_factory
-from service.storage.pgcopy import insert_decisions, upsert_embeddings
+from service.storage.decisions import insert_decisions
+from service.storage.embedding_writer import upsert_embeddings
 
 TABLES = ("embeddings", "decisions", "samples")
 

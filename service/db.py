@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
+
+#: ids bound per statement when a list of ids is sent in chunks (SQLite bounds the parameters of one statement)
+IDS_PER_STATEMENT = 500
 
 
 def normalise_url(url: str) -> str:
@@ -35,6 +38,20 @@ def make_engine(url: str) -> Engine:
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def engine_of(sessions: sessionmaker[Session]) -> Engine:
+    bind = sessions.kw.get("bind")
+    if not isinstance(bind, Engine):
+        raise TypeError("the session factory must be bound to an Engine")
+    return bind
+
+
+def is_postgres(bind: Session | Connection | Engine) -> bool:
+    """Postgres (binary COPY, row and advisory locks, JSONB), or else SQLite, the embedded default."""
+    if isinstance(bind, Session):
+        return is_postgres(bind.get_bind())
+    return bind.dialect.name == "postgresql"
 
 
 def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:

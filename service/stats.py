@@ -1,6 +1,6 @@
-"""Run statistics and the subset export, computed with SQL aggregates (SPEC §3 "Admin").
+"""Run statistics and the subset export, computed with SQL aggregates.
 
-The curation epochs are ``1..curation_epochs`` (epoch 0 is the warm-up, see ``service.lifecycle``); every
+The curation epochs are ``1..curation_epochs`` (epoch 0 is the warm-up, see ``runs.schedule``); every
 number here covers the decisions of those epochs only. Only aggregates and the first and latest prototype
 versions reach Python, never one row per decision, except in the streamed export.
 """
@@ -17,28 +17,17 @@ from sqlalchemy import ColumnElement, Integer, Select, case, cast, func, literal
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
-from service.curation import BAND_LABELS, Band, compute_fraction
-from service.enrichment import enrichment_from_counts
-
+from .curation import BAND_LABELS, Band, compute_fraction
+from .db import is_postgres
+from .enrichment import enrichment_from_counts
 from .errors import ApiError
 from .models import Decision, PrototypeVersion, Run, Sample
-from .runs.schedule import in_pool, run_config
+from .runs.access import in_pool, run_config
 from .schemas.admin import BandCounts, LabelShare, PrototypeDrift, PrototypeStats, RunStats
 from .schemas.runs import RunError
 
 #: columns of the subset export, in order
 EXPORT_COLUMNS = ("sample_id", "external_id", "image_uri", "band", "prototype", "distance", "epoch", "step")
-
-
-def _is_postgres(session: Session) -> bool:
-    return session.get_bind().dialect.name == "postgresql"
-
-
-def load_run(session: Session, run_id: int) -> Run:
-    run = session.get(Run, run_id)
-    if run is None:
-        raise ApiError(404, "unknown_run", f"run {run_id} does not exist")
-    return run
 
 
 def curation_window(run: Run) -> tuple[int, int]:
@@ -107,7 +96,7 @@ def _version(session: Session, run: Run, newest: bool) -> PrototypeVersion | Non
 
 def _label_counts(session: Session, samples: list[ColumnElement[bool]]) -> dict[str, int]:
     """Per label, the number of distinct samples carrying it (labels: a JSON list of strings per sample)."""
-    if _is_postgres(session):
+    if is_postgres(session):
         labels = case((func.jsonb_typeof(Sample.labels) == "array", Sample.labels), else_=cast(literal("[]"), JSONB))
         element = func.jsonb_array_elements_text(labels).table_valued("value")
     else:
@@ -193,7 +182,7 @@ def distance_histograms(
     if lo is None:
         return np.linspace(0.0, 1.0, bins + 1), {}
     edges = np.linspace(float(lo), float(hi) + 1e-9, bins + 1)
-    if _is_postgres(session):
+    if is_postgres(session):
         bucket = func.least(func.width_bucket(Decision.distance, float(edges[0]), float(edges[-1]), bins), bins) - 1
     else:  # SQLite: CAST truncates toward zero, and d - lo >= 0
         width = float(edges[1] - edges[0])
@@ -259,7 +248,7 @@ def subset_rows(session: Session, run: Run, chunk: int = 2000) -> Iterator[dict[
 
 
 def export_provenance(session: Session, run: Run) -> dict[str, Any]:
-    """What an export needs to be explained and replayed (SPEC §7): config, seed, model, prototypes, window."""
+    """What an export needs to be explained and replayed: config, seed, model, prototypes, window."""
     first, last = curation_window(run)
     subset_size = session.scalar(select(func.count()).select_from(kept_ids(run).subquery()))
     return {

@@ -275,9 +275,3 @@ def read_npz(file: IO[bytes], limits: ArrayLimits) -> tuple[NDArray, NDArray]:
         raise ApiError(422, "duplicate_ids", f"duplicate sample ids {uniq[counts > 1][:10].tolist()}")
     check_embeddings(emb, len(ids), None, "embedding")
     return ids.astype(np.int64), emb
-
-
-def unit_rows(arr: NDArray) -> NDArray[np.float32]:
-    """f = x / ||x|| per row, in float32 (the curation feature of a posted concat(u, v))."""
-    x = arr.astype(np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)

@@ -193,9 +193,10 @@ def test_stats_png(client, admin, seeded) -> None:
 
 def test_distance_histograms_match_numpy(app, seeded) -> None:
     from service import stats
+    from service.runs.access import load_run
 
     with app.state.sessions() as session:
-        run = stats.load_run(session, seeded.run_id)
+        run = load_run(session, seeded.run_id)
         edges, hists = stats.distance_histograms(session, run, bins=4)
     curated = [d for d in DECISIONS if d[1] == 1]
     distance = np.array([d[4] for d in curated])

@@ -6,16 +6,14 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select
 
-from service.curation import Band, CurationConfig, curate_offline
+from service.curation import Band, CurationConfig, curate_offline, unit_rows
 from service.db import make_engine, session_factory
 from service.errors import ApiError
-from service.jobs import OFFLINE_MANIFEST, run_offline_curation
+from service.jobs.offline import OFFLINE_MANIFEST, read_unit_features, run_offline_curation
 from service.migrate import upgrade
 from service.models import Decision, Manifest, PrototypeVersion, Run
-from service.storage.pgcopy import upsert_embeddings
-from service.storage.stored_embeddings import read_unit_features
+from service.storage.embedding_writer import upsert_embeddings
 from service.synth.embeddings import long_tailed_embeddings
-from service.uploads import unit_rows
 from tests.runs_helpers import make_dataset, npz
 
 ROWS, DIM = 3000, 64

@@ -132,7 +132,7 @@ def probe(own_app) -> Iterator[TestClient]:
     """A bare app with the service's error handlers and two routes that provoke database failures."""
     from sqlalchemy import text
 
-    from service.errors import install_error_handlers
+    from service.api.errors import install_error_handlers
 
     app = FastAPI()
     install_error_handlers(app, RETRY_AFTER)

@@ -21,7 +21,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select, update
 
-import service.runs.schedule
+import service.runs.prototypes
 from service.api.app import create_app
 from service.auth import create_token
 from service.config import Settings
@@ -250,7 +250,7 @@ def test_a_passing_error_is_counted_and_stops_the_run_at_the_limit(client, admin
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("the k-means library fell over")
 
-    monkeypatch.setattr(service.runs.schedule, "init_prototypes", broken)
+    monkeypatch.setattr(service.runs.prototypes, "init_prototypes", broken)
     limit = client.app.state.settings.step_failure_limit
     lease, answer = driver.step(size=8)
     assert answer.status_code == 200

@@ -14,7 +14,7 @@ from service.config import get_settings
 from service.curation import Backend, CpuBackend, CurationConfig, default_backend, select_batch
 from service.db import make_engine, session_factory
 from service.jobs.neighbours import NeighbourIndexCache
-from service.runs.schedule import PrototypeCache
+from service.runs.prototypes import PrototypeCache
 
 
 @dataclass

@@ -1,27 +1,34 @@
-"""Celery tasks. Each is idempotent: it re-reads the Postgres state under the run lock before acting,
-so a redelivered or repeated task changes nothing that is already done."""
+"""Celery tasks: one thin shell per job, registered under the names the dispatcher sends (``service.dispatch``).
+
+Each is idempotent: the job re-reads the database state under the run lock before acting, so a redelivered or
+repeated task changes nothing that is already done. A job's ``ApiError`` goes back as the result's error envelope
+(``service.errors.to_envelope``), which the API raises again; anything else fails the task.
+"""
 
 from __future__ import annotations
 
 import time
-from functools import partial
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable
+from functools import partial, wraps
+from typing import Any, TypeVar
 
 from celery import Task
 from celery.signals import worker_init, worker_process_init
 
 from service.config import get_settings
-from service.errors import ApiError, ServiceUnavailable
-from service.ingest import run_dicom_scan
-from service.models import Dataset
+from service.dispatch import TASK_CURATE, TASK_DICOM_SCAN, TASK_INIT_PROTOTYPES, TASK_NEIGHBOUR_INDEX, TASK_OFFLINE
+from service.errors import ApiError, to_envelope
+from service.handover import Handover, drop, take
+from service.jobs.dicom_scan import scan_dataset
+from service.jobs.offline import run_offline_curation
+from service.jobs.warmup import initialise_prototypes
 from service.runs.posts import apply_embeddings, manifest_phase
-from service.runs.schedule import advance_if_epoch_done, init_or_record, lock_run
-from service.schemas.datasets import DicomScanRequest
-from service.uploads import read_npy
+from service.runs.schedule import init_or_record
 
-from .celery_app import TASK_CURATE, TASK_DICOM_SCAN, TASK_INIT_PROTOTYPES, TASK_NEIGHBOUR_INDEX, TASK_OFFLINE, app
+from .celery_app import app
 from .state import warm_up, worker_state
+
+F = TypeVar("F", bound=Callable[..., dict[str, Any]])
 
 
 @worker_init.connect
@@ -34,14 +41,28 @@ def _warm_child_process(**_: Any) -> None:
     warm_up(cuda=True)
 
 
+def answers_errors(task: F) -> F:
+    """The job's ApiError as the task's result envelope instead of a task failure."""
+
+    @wraps(task)
+    def run(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        try:
+            return task(*args, **kwargs)
+        except ApiError as exc:
+            return to_envelope(exc)
+
+    return run  # type: ignore[return-value]
+
+
 @app.task(name=TASK_CURATE)
-def curate_manifest(run_id: int, manifest_id: str, body_key: str) -> dict[str, Any]:
-    """Apply a curation manifest's embeddings (handed over in Redis); returns the curated batch or an error."""
-    state = worker_state()
-    body = state.redis.get(body_key)  # bytes: the client is built without decode_responses
+@answers_errors
+def curate_manifest(run_id: int, manifest_id: str, handed_over: dict[str, Any]) -> dict[str, Any]:
+    """Apply a curation manifest's embeddings (handed over in Redis); returns the curated batch."""
+    state, handover = worker_state(), Handover.from_arg(handed_over)
+    arr = take(state.redis, handover)
     with state.sessions() as session:
         try:
-            if body is None:  # hand-over gone: fine if the manifest was applied meanwhile (a duplicate task)
+            if arr is None:  # hand-over gone: fine if the manifest was applied meanwhile (a duplicate task)
                 _, stored = manifest_phase(session, run_id, manifest_id)
                 if stored is not None:
                     return stored
@@ -51,73 +72,41 @@ def curate_manifest(run_id: int, manifest_id: str, body_key: str) -> dict[str, A
                 session,
                 run_id,
                 manifest_id,
-                read_npy(body if isinstance(body, bytes) else body.encode()),
+                arr,
                 partial(init_or_record, limit=limit),
                 limit,
                 cache=state.prototypes,
                 backend=state.backend,
             )
-        except ApiError as exc:
+        except ApiError:
             session.rollback()
-            return {"error": exc.code, "status": exc.status, "detail": exc.detail, **exc.extra}
-        except ServiceUnavailable as exc:  # the step failed and was noted on the run; the trainer posts again
-            session.rollback()
-            return {"error": "unavailable", "status": 503, "detail": exc.detail}
-    state.redis.delete(body_key)
+            raise
+    drop(state.redis, handover)
     return result
 
 
 @app.task(name=TASK_INIT_PROTOTYPES)
 def init_prototypes(run_id: int) -> dict[str, Any]:
-    """k-means after warm-up, then open the first curation epoch. A no-op if another task already did it, or the
-    run is stopped; a failure is noted on the run (and asked again at the next lease until the run stops)."""
-    state = worker_state()
-    with state.sessions() as session:
-        run = lock_run(session, run_id)
-        if run.phase == "warmup" and run.prototype_version == 0:
-            advance_if_epoch_done(session, run, partial(init_or_record, limit=get_settings().step_failure_limit))
-        session.commit()
-        answer = {"run_id": run.id, "phase": run.phase, "prototype_version": run.prototype_version}
-        return answer | ({"error": run.error} if run.error else {})
+    """k-means after warm-up, then the first curation epoch (``service.jobs.warmup``)."""
+    return initialise_prototypes(worker_state().sessions, run_id, get_settings().step_failure_limit)
 
 
 @app.task(name=TASK_DICOM_SCAN, bind=True)
+@answers_errors
 def dicom_scan(self: Task, dataset_id: int, request: dict[str, Any]) -> dict[str, Any]:
     """Scan a dataset's DICOM folder with progress (files read / files listed) in the task state."""
-    state = worker_state()
 
     def progress(done: int, total: int) -> None:
         if done == total or done % 50 == 0:
             self.update_state(state="PROGRESS", meta={"stage": "dicom scan", "current": done, "total": total})
 
-    with state.sessions() as session:
-        dataset = session.get(Dataset, dataset_id)
-        if dataset is None:
-            return {"error": "unknown_dataset", "status": 404, "detail": f"dataset {dataset_id} does not exist"}
-        settings = get_settings()
-        try:
-            result = run_dicom_scan(
-                session,
-                dataset_id,
-                Path(dataset.root),
-                DicomScanRequest(**request),
-                progress,
-                settings.path_limits(),
-                settings.text_limits(),
-            )
-        except ApiError as exc:
-            session.rollback()
-            return {"error": exc.code, "status": exc.status, "detail": exc.detail, **exc.extra}
-    return result.model_dump()
+    return scan_dataset(worker_state().sessions, dataset_id, request, get_settings(), progress)
 
 
 @app.task(name=TASK_OFFLINE, bind=True)
+@answers_errors
 def offline_curation(self: Task, run_id: int) -> dict[str, Any]:
     """Offline curation of a run's stored embeddings; progress goes to the run row (shown in its stats)."""
-    from service.jobs.offline import run_offline_curation
-
-    state = worker_state()
-
     last = [0.0]
 
     def progress(stage: str, done: int, total: int) -> None:
@@ -126,21 +115,16 @@ def offline_curation(self: Task, run_id: int) -> dict[str, Any]:
             last[0] = now
             self.update_state(state="PROGRESS", meta={"stage": stage, "current": done, "total": total})
 
-    try:
-        return run_offline_curation(state.sessions, run_id, progress)
-    except ApiError as exc:
-        return {"error": exc.code, "status": exc.status, "detail": exc.detail, **exc.extra}
+    return run_offline_curation(worker_state().sessions, run_id, progress)
 
 
 @app.task(name=TASK_NEIGHBOUR_INDEX)
+@answers_errors
 def neighbour_index(run_id: int) -> dict[str, Any]:
     """Build (or find) the run's FAISS neighbour index and leave it in the shared index directory; the stored
     rows' refusal (e.g. unusable embeddings) comes back as an error answer, not a task failure."""
     state = worker_state()
-    try:
-        index = state.neighbour_indexes.get(state.sessions, run_id)
-    except ApiError as exc:
-        return {"error": exc.code, "status": exc.status, "detail": exc.detail, **exc.extra}
+    index = state.neighbour_indexes.get(state.sessions, run_id)
     return {
         "run_id": run_id,
         "kind": index.kind,

@@ -16,6 +16,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from service.stats_plot import band_figure_png
 
 from .. import stats
+from ..db import is_postgres
+from ..runs.access import load_run
 from ..schemas.admin import ExportFormat, RunStats
 from .deps import AdminDep, RunId, SessionDep
 
@@ -28,13 +30,13 @@ ROWS_PER_CHUNK = 1000
 @router.get("/{run_id}/stats", response_model=RunStats)
 def run_stats(run_id: RunId, session: SessionDep, _: AdminDep) -> RunStats:
     """Phase, progress, subset size and ratio, bands, prototypes, drift, label enrichment, compute fraction."""
-    return stats.run_stats(session, stats.load_run(session, run_id))
+    return stats.run_stats(session, load_run(session, run_id))
 
 
 @router.get("/{run_id}/stats.png", response_class=Response, responses={200: {"content": {"image/png": {}}}})
 def run_stats_png(run_id: RunId, session: SessionDep, _: AdminDep) -> Response:
     """The statistics as a figure: decisions per band, distance histograms per band, label enrichment."""
-    run = stats.load_run(session, run_id)
+    run = load_run(session, run_id)
     summary = stats.run_stats(session, run)
     edges, hists = stats.distance_histograms(session, run)
     enrichment = {
@@ -83,9 +85,9 @@ def export_subset(
 
 def _export(sessions: sessionmaker[Session], run_id: int, fmt: ExportFormat) -> Iterator[str]:
     with sessions() as session:
-        if session.get_bind().dialect.name == "postgresql":
+        if is_postgres(session):
             session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
-        run = stats.load_run(session, run_id)
+        run = load_run(session, run_id)
         provenance = stats.export_provenance(session, run) | {"format": fmt}
         line = json.dumps({"provenance": provenance}, separators=(",", ":"))
         yield (line if fmt == "jsonl" else "# " + line) + "\n"

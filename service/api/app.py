@@ -6,10 +6,10 @@ from fastapi import FastAPI
 
 from ..config import Settings, get_settings
 from ..db import make_engine, session_factory
-from ..dispatch import Dispatcher
-from ..errors import install_error_handlers
+from ..dispatch import make_dispatcher
 from . import router
 from .body import BodyLimit
+from .errors import install_error_handlers
 from .metrics import install_metrics
 
 
@@ -18,12 +18,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(
         title="chexcurate",
         version="1",
-        description="CheXficient data curation for chest X-ray vision-language pretraining (SPEC §3).",
+        description="CheXficient data curation for chest X-ray vision-language pretraining.",
     )
     app.state.settings = settings
     app.state.engine = make_engine(settings.database_url)
     app.state.sessions = session_factory(app.state.engine)
-    app.state.dispatcher = Dispatcher(settings)
+    app.state.dispatcher = make_dispatcher(settings, app.state.sessions)
     install_error_handlers(app, settings.retry_after_seconds)
     app.include_router(router)
     # added before the metrics middleware, so it runs inside it and refused bodies are counted too

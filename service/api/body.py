@@ -98,8 +98,9 @@ class BodyLimit:
 
     @staticmethod
     async def _refuse(error: ApiError, scope: Scope, receive: Receive, send: Send) -> None:
-        body = {"error": error.code, "detail": error.detail, **error.extra}
-        await JSONResponse(body, status_code=error.status, headers={"Connection": "close"})(scope, receive, send)
+        await JSONResponse(error.body(), status_code=error.status, headers={"Connection": "close"})(
+            scope, receive, send
+        )
 
 
 async def spool_body(request: Request) -> IO[bytes]:

@@ -1,4 +1,4 @@
-"""Datasets and ingest (SPEC §4), admin only. The logic lives in service.ingest; this maps it onto HTTP."""
+"""Datasets and ingest, admin only. The logic lives in service.ingest; this maps it onto HTTP."""
 
 from __future__ import annotations
 
@@ -15,8 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ..config import Settings
 from ..errors import ApiError
-from ..ingest import ingest_rows, parse_body, run_dicom_scan
-from ..ingest.dicom import ScanIssue
+from ..ingest import ingest_rows, load_dataset, parse_body
 from ..ingest.paths import PathRejected, RootNotAllowed, check_allowed, check_root
 from ..ingest.rows import MalformedBody, body_format
 from ..models import Dataset, Sample
@@ -32,7 +31,6 @@ from ..schemas.datasets import (
     SampleOut,
     SamplePage,
     SampleStatus,
-    ScanIssueOut,
     UploadResult,
 )
 from ..schemas.tasks import TaskAccepted
@@ -56,13 +54,6 @@ def _accepted_counts(session: Session, ids: list[int]) -> dict[int, int]:
         .group_by(Sample.dataset_id)
     )
     return {dataset_id: count for dataset_id, count in rows.all()}
-
-
-def _dataset(session: Session, dataset_id: int) -> Dataset:
-    dataset = session.get(Dataset, dataset_id)
-    if dataset is None:
-        raise ApiError(404, "unknown_dataset", f"dataset {dataset_id} does not exist")
-    return dataset
 
 
 def _readable_root(dataset: Dataset, settings: Settings) -> Path:
@@ -117,7 +108,7 @@ def list_datasets(session: SessionDep, _: AdminDep) -> list[DatasetOut]:
 
 @router.get("/{dataset_id}", response_model=DatasetOut)
 def get_dataset(dataset_id: DatasetId, session: SessionDep, _: AdminDep) -> DatasetOut:
-    dataset = _dataset(session, dataset_id)
+    dataset = load_dataset(session, dataset_id)
     return _out(dataset, _accepted_counts(session, [dataset_id]).get(dataset_id, 0))
 
 
@@ -172,7 +163,7 @@ async def upload_samples(
         raise ApiError(415, "unsupported_media_type", str(exc)) from exc
 
     def work() -> UploadResult:
-        root = _readable_root(_dataset(session, dataset_id), settings)
+        root = _readable_root(load_dataset(session, dataset_id), settings)
         rows = parse_body(_body_chunks(request), fmt, settings.text_limits())
         try:
             outcome = ingest_rows(session, dataset_id, root, rows, synthesize_reports, settings.path_limits())
@@ -188,10 +179,6 @@ async def upload_samples(
         )
 
     return await run_in_threadpool(_in_transaction, session, work)
-
-
-def _issue(issue: ScanIssue) -> ScanIssueOut:
-    return ScanIssueOut(path=issue.path, external_id=issue.external_id, reason=issue.reason)
 
 
 @router.post(
@@ -211,19 +198,11 @@ def dicom_scan(
 ) -> DicomScanResult | TaskAccepted:
     """Scan a DICOM folder under the root (CR/DX only, optional view filter), reports from a sidecar.
     With ``background`` and workers, the scan runs on the refresh queue; poll ``status_url`` for progress."""
-    root = _readable_root(_dataset(session, dataset_id), settings)
-    if background and not dispatcher.eager:
-        from workers.celery_app import TASK_DICOM_SCAN
-
+    root = _readable_root(load_dataset(session, dataset_id), settings)
+    answer = dispatcher.dicom_scan(session, dataset_id, root, body, background)
+    if isinstance(answer, TaskAccepted):
         response.status_code = status.HTTP_202_ACCEPTED
-        return dispatcher.submit(TASK_DICOM_SCAN, [dataset_id, body.model_dump()])
-    try:
-        return run_dicom_scan(
-            session, dataset_id, root, body, limits=settings.path_limits(), text_limits=settings.text_limits()
-        )
-    except BaseException:
-        session.rollback()
-        raise
+    return answer
 
 
 @router.post("/{dataset_id}/exclusions", response_model=ExclusionOut)
@@ -231,7 +210,7 @@ def exclude_samples(dataset_id: DatasetId, body: ExclusionRequest, session: Sess
     """Mark samples unreadable for the whole dataset (an admin's verdict, e.g. a corrupt file): no run hands them
     out again, in this or any later epoch, and future runs leave them out. Re-ingesting a changed image clears
     the mark. All or nothing: an id outside the dataset refuses the request."""
-    _dataset(session, dataset_id)
+    load_dataset(session, dataset_id)
     return _in_transaction(session, lambda: exclude_from_dataset(session, dataset_id, body.sample_ids, body.reason))
 
 
@@ -245,7 +224,7 @@ def list_samples(
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> SamplePage:
     """Samples in id order, optionally of one status; ``total`` counts all that match."""
-    _dataset(session, dataset_id)
+    load_dataset(session, dataset_id)
     where = [Sample.dataset_id == dataset_id] + ([Sample.status == status] if status else [])
     total = session.scalar(select(func.count()).select_from(Sample).where(*where)) or 0
     items = session.scalars(select(Sample).where(*where).order_by(Sample.id).limit(limit).offset(offset))

@@ -11,16 +11,16 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from service.curation.config import MAX_BATCH_SIZE
-
 from ..config import Settings
+from ..curation.config import MAX_BATCH_SIZE
 from ..errors import ApiError
-from ..models import Manifest, Run, Sample
+from ..models import Manifest, Sample
+from ..runs.access import load_run, lock_run
 from ..runs.exclusions import exclude_from_run, excluded_from_run
 from ..runs.failures import ensure_runnable
 from ..runs.leasing import claim, complete, holds_live_lease, next_lease_expiry
-from ..runs.posts import apply_embeddings, manifest_phase, open_manifest, run_width
-from ..runs.schedule import advance_if_epoch_done, lock_run
+from ..runs.posts import find_manifest, manifest_phase, open_manifest, run_width
+from ..runs.schedule import advance_if_epoch_done
 from ..schemas.runs import (
     AckOut,
     BulkOut,
@@ -31,7 +31,8 @@ from ..schemas.runs import (
     StoredOut,
     UnreadableReport,
 )
-from ..storage.pgcopy import foreign_ids, upsert_embeddings
+from ..storage.embedding_writer import upsert_embeddings
+from ..storage.samples import foreign_ids
 from ..uploads import check_embeddings, read_npy, read_npz
 from .body import read_body, spool_body, streamed_body
 from .deps import AdminDep, DispatcherDep, RunAccessDep, RunId, SampleId, SessionDep, SettingsDep, StepNo
@@ -137,7 +138,6 @@ async def post_embeddings(
     manifest_id: str,
     request: Request,
     session: SessionDep,
-    settings: SettingsDep,
     dispatcher: DispatcherDep,
     _: RunAccessDep,
 ) -> dict[str, Any]:
@@ -145,23 +145,11 @@ async def post_embeddings(
     Warm-up: stored. Curation: the curated batch (rows to keep, bands, prototype version), computed by a
     worker when one is configured; if none answers in time, 503 + Retry-After. Idempotent. A failing curation
     step answers 503 (post again) until the run stops, then 409 ``run_failed``."""
-    body = await read_body(request)
-    arr = read_npy(body)
+    arr = read_npy(await read_body(request))  # parsed once: a worker gets the array's bytes, not the .npy
     phase, stored = await run_in_threadpool(manifest_phase, session, run_id, manifest_id)
     if stored is not None:
         return stored
-    if phase == "curation" and not dispatcher.eager:
-        session.close()  # do not hold a pooled connection while waiting for the worker
-        return await run_in_threadpool(dispatcher.curate, run_id, manifest_id, body)
-    return await run_in_threadpool(
-        apply_embeddings,
-        session,
-        run_id,
-        manifest_id,
-        arr,
-        dispatcher.init_prototypes,
-        settings.step_failure_limit,
-    )
+    return await run_in_threadpool(dispatcher.apply_embeddings, session, run_id, manifest_id, arr, phase)
 
 
 @router.post("/manifests/{manifest_id}/ack", response_model=AckOut)
@@ -188,9 +176,7 @@ def ack_manifest(
 @router.get("/manifests/{manifest_id}")
 def get_manifest(run_id: RunId, manifest_id: str, session: SessionDep, _: RunAccessDep) -> dict[str, Any]:
     """Replay a manifest: its items in order and, once acknowledged, the stored answer."""
-    manifest = session.get(Manifest, manifest_id)
-    if manifest is None or manifest.run_id != run_id:
-        raise ApiError(404, "unknown_manifest", f"manifest {manifest_id} does not belong to run {run_id}")
+    manifest = find_manifest(session, run_id, manifest_id)
     return {
         **_manifest_out(session, manifest).model_dump(),
         "acked_at": manifest.acked_at,
@@ -247,9 +233,7 @@ def report_unreadable(
 def _bulk(session: Session, run_id: int, file: Any, settings: Settings) -> BulkOut:
     with file:
         ids, emb = read_npz(file, settings.array_limits())
-    run = session.get(Run, run_id)
-    if run is None:
-        raise ApiError(404, "unknown_run", f"run {run_id} does not exist")
+    run = load_run(session, run_id)
     width = run_width(session, run.id)
     check_embeddings(emb, None, width, "embedding")
     missing = foreign_ids(session, run.dataset_id, ids)

@@ -5,19 +5,19 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from fastapi import APIRouter, Request, Response, status
+from fastapi import APIRouter, Response, status
 from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from service.curation import CurationConfig
-
+from ..curation import CurationConfig
 from ..errors import ApiError
 from ..models import Dataset, EpochItem, Run, RunExclusion
+from ..runs.access import load_run, lock_run
 from ..runs.exclusions import check_in_dataset, exclude_from_run
 from ..runs.failures import clear_failure
-from ..runs.schedule import advance_if_epoch_done, lock_run, reinit_prototypes, start
+from ..runs.schedule import advance_if_epoch_done, open_warmup, reinit_prototypes
 from ..schemas.runs import ExclusionEntry, RepairRequest, RunCreate, RunOut
 from ..schemas.tasks import TaskAccepted
 from .deps import AdminDep, DispatcherDep, RunAccessDep, RunId, SessionDep
@@ -42,7 +42,7 @@ def create_run(body: RunCreate, session: SessionDep, _: AdminDep) -> Run:
     run = Run(dataset_id=body.dataset_id, config=config.model_dump(), seed=config.seed, model_id=body.model_id)
     session.add(run)
     session.flush()
-    start(session, run)
+    open_warmup(session, run)
     session.commit()
     return run
 
@@ -76,18 +76,14 @@ def _run_out(session: Session, run: Run) -> RunOut:
 def get_run(run_id: RunId, session: SessionDep, _: RunAccessDep) -> RunOut:
     """The run, with the size of its current epoch and how much of it is done (what a trainer's progress bar
     and learning-rate horizon need), and its ``error`` when a step of it fails."""
-    run = session.get(Run, run_id)
-    if run is None:
-        raise ApiError(404, "unknown_run", f"run {run_id} does not exist")
-    return _run_out(session, run)
+    return _run_out(session, load_run(session, run_id))
 
 
 @router.get("/{run_id}/exclusions", response_model=list[ExclusionEntry])
 def run_exclusions(run_id: RunId, session: SessionDep, _: AdminDep) -> list[ExclusionEntry]:
     """The samples left out of this run only: reported unreadable by its trainers, or excluded by a repair (an
     admin may make any of them dataset-wide with ``POST /v1/datasets/{id}/exclusions``)."""
-    if session.get(Run, run_id) is None:
-        raise ApiError(404, "unknown_run", f"run {run_id} does not exist")
+    load_run(session, run_id)
     rows = session.scalars(select(RunExclusion).where(RunExclusion.run_id == run_id).order_by(RunExclusion.sample_id))
     return [ExclusionEntry.model_validate(row) for row in rows]
 
@@ -123,16 +119,12 @@ def repair_run(
     responses={202: {"model": TaskAccepted, "description": "queued on a worker"}},
 )
 async def offline_curation(
-    run_id: RunId, request: Request, response: Response, dispatcher: DispatcherDep, _: AdminDep
+    run_id: RunId, response: Response, dispatcher: DispatcherDep, _: AdminDep
 ) -> dict[str, Any] | TaskAccepted:
-    """Offline curation of the run's stored embeddings (SPEC §2.5): k-means, band selection over random
-    super-batches, decisions stored, run done. Progress is in the run's stats; with workers this answers
-    202 and the task runs on the refresh queue."""
-    if not dispatcher.eager:
-        from workers.celery_app import TASK_OFFLINE
-
+    """Offline curation of the run's stored embeddings: k-means, band selection over random super-batches,
+    decisions stored, run done. Progress is in the run's stats; with workers this answers 202 and the task runs
+    on the refresh queue."""
+    answer = await run_in_threadpool(dispatcher.offline_curation, run_id)
+    if isinstance(answer, TaskAccepted):
         response.status_code = status.HTTP_202_ACCEPTED
-        return dispatcher.submit(TASK_OFFLINE, [run_id])
-    from service.jobs.offline import run_offline_curation
-
-    return await run_in_threadpool(run_offline_curation, request.app.state.sessions, run_id)
+    return answer

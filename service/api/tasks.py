@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from ..errors import ApiError
 from ..schemas.tasks import TaskStatus
 from .deps import AdminDep, DispatcherDep
 
@@ -13,7 +12,6 @@ router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
 
 @router.get("/{task_id}", response_model=TaskStatus)
 def task_status(task_id: str, dispatcher: DispatcherDep, _: AdminDep) -> TaskStatus:
-    """PENDING (queued, or unknown: Celery cannot tell them apart), PROGRESS, SUCCESS or FAILURE."""
-    if dispatcher.eager:
-        raise ApiError(404, "no_workers", "this deployment runs tasks in-process: there are no background tasks")
-    return dispatcher.status(task_id)
+    """PENDING (queued, or unknown: Celery cannot tell them apart), PROGRESS, SUCCESS or FAILURE; 404
+    ``no_workers`` where tasks run in-process."""
+    return dispatcher.task_status(task_id)

@@ -6,7 +6,7 @@ Notation follows the paper and SPEC §2: features f_i, prototypes p_k, assignmen
 from .backend import Backend, CpuBackend, TorchBackend, default_backend
 from .budget import compute_fraction
 from .config import CentralSampler, CurationConfig
-from .features import curation_features
+from .features import curation_features, unit_rows
 from .kmeans import init_prototypes
 from .offline import OfflineCuration, curate_offline
 from .selection import BAND_LABELS, Band, Selection, select_batch
@@ -31,5 +31,6 @@ __all__ = [
     "init_prototypes",
     "select_batch",
     "sinkhorn",
+    "unit_rows",
     "update_prototypes",
 ]

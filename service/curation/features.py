@@ -1,4 +1,4 @@
-"""Curation features f = normalize(concat(u, v)) from image and text embeddings (SPEC §2)."""
+"""Curation features f = normalize(concat(u, v)) from image and text embeddings, or from a stored concat."""
 
 from __future__ import annotations
 
@@ -24,3 +24,9 @@ def curation_features(image_emb: ArrayLike, text_emb: ArrayLike) -> NDArray[np.f
         raise ValueError(f"image_emb has {len(u)} rows but text_emb has {len(v)}")
     joint = np.concatenate([l2_normalize("image_emb", u), l2_normalize("text_emb", v)], axis=1)
     return l2_normalize("joint features", joint)
+
+
+def unit_rows(x: NDArray, out: NDArray[np.float32] | None = None) -> NDArray[np.float32]:
+    """f_i = x_i / ||x_i|| in float32, for an already concatenated [u, v] (in place with ``out=x``)."""
+    x32 = np.asarray(x, dtype=np.float32)
+    return np.divide(x32, np.linalg.norm(x32, axis=1, keepdims=True), out=out)

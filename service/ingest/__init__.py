@@ -1,4 +1,4 @@
-"""Ingest (SPEC §4): CSV / JSONL manifests and DICOM folders into samples.
+"""Ingest: CSV / JSONL manifests and DICOM folders into samples.
 
 The pure parts live in ``rows`` (parsing), ``reports`` (hygiene, templates), ``paths`` (path safety,
 image checks) and ``dicom`` (folder scan); ``store`` upserts. This module strings them together. The
@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from ..errors import ApiError
 from ..limits import PathLimits, TextLimits
+from ..models import Dataset
 from ..schemas.datasets import DicomScanRequest, DicomScanResult, ScanIssueOut
 from .dicom import ScanIssue, Sidecar, load_sidecar, scan_folder
 from .paths import PathRejected, read_image
@@ -47,6 +48,14 @@ class ScanOutcome:
     counts: UpsertCounts
     problems: list[ScanIssue] = field(default_factory=list)
     skipped: list[ScanIssue] = field(default_factory=list)
+
+
+def load_dataset(session: Session, dataset_id: int) -> Dataset:
+    """The dataset, or 404 ``unknown_dataset``."""
+    dataset = session.get(Dataset, dataset_id)
+    if dataset is None:
+        raise ApiError(404, "unknown_dataset", f"dataset {dataset_id} does not exist")
+    return dataset
 
 
 def parse_body(chunks: Iterable[bytes], fmt: str, limits: TextLimits = TextLimits()) -> Iterator[RawRow]:

@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import Integer, cast, func, insert, literal, select, update
 from sqlalchemy.orm import Session
 
+from ..db import is_postgres
 from ..models import Sample, utcnow
 
 #: rows per SELECT / INSERT / UPDATE round; SQLAlchemy batches the executemany underneath
@@ -52,7 +53,7 @@ def lock_dataset_for_ingest(session: Session, dataset_id: int) -> None:
     creating runs on the dataset (their foreign key takes a share lock on the row). SQLite has one writer
     anyway.
     """
-    if session.get_bind().dialect.name == "postgresql":
+    if is_postgres(session):
         # The (int4, int4) form: fold the bigint id into int4 range; a collision only serialises more.
         key = cast(literal(dataset_id % 2**31), Integer)
         session.execute(select(func.pg_advisory_xact_lock(cast(literal(INGEST_LOCK_CLASS), Integer), key)))

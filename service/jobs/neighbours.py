@@ -33,9 +33,9 @@ from numpy.typing import NDArray
 from sqlalchemy import BigInteger, Text, cast, func, literal_column, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.models import Embedding
-
-from ..storage.embedding_reader import DEFAULT_PARTS, EmbeddingSet, engine_of, read_embeddings, scan_embeddings
+from ..db import engine_of, is_postgres
+from ..models import Embedding
+from ..storage.embedding_reader import DEFAULT_PARTS, EmbeddingSet, read_embeddings, scan_embeddings
 
 log = logging.getLogger(__name__)
 
@@ -165,8 +165,7 @@ def _trained_ivf(
 
 def current_key(sessions: sessionmaker[Session], run_id: int) -> IndexKey:
     """The key the run's embeddings have now, from the heap alone (no vector is read)."""
-    engine = engine_of(sessions)
-    fingerprint = func.sum(_XMIN) if engine.dialect.name == "postgresql" else func.sum(0)
+    fingerprint = func.sum(_XMIN) if is_postgres(engine_of(sessions)) else func.sum(0)
     with sessions() as session:
         count, step, written = session.execute(
             select(func.count(), func.max(Embedding.step), fingerprint).where(Embedding.run_id == run_id)

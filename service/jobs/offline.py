@@ -1,8 +1,8 @@
-"""Offline curation of a run's stored embeddings (SPEC §2.5): read, curate, write decisions, mark done.
+"""Offline curation of a run's stored embeddings: read, curate, write decisions, mark the run done.
 
-The curation itself is ``workers.curation.curate_offline``, called on the run's features: the stored
-vectors as unit rows (float16), in sample-id order. Given those features and the seed, the job and the
-in-memory engine keep exactly the same rows; the job adds only I/O around it.
+The curation itself is the engine's ``curate_offline``, called on the run's features: the stored vectors as unit
+rows (float16, the stored precision, so a whole dataset costs 2 bytes a value), in sample-id order. Given those
+features and the seed, the job and the in-memory engine keep exactly the same rows; the job adds only I/O around it.
 """
 
 from __future__ import annotations
@@ -14,13 +14,12 @@ from numpy.typing import NDArray
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.curation import Backend, CurationConfig, OfflineCuration, curate_offline
-from service.errors import ApiError
-from service.models import Decision, Embedding, PrototypeVersion, Run
-from service.runs.schedule import run_config
-from service.storage.pgcopy import insert_decisions
-
-from ..storage.stored_embeddings import read_unit_features
+from ..curation import Backend, CurationConfig, OfflineCuration, curate_offline
+from ..errors import ApiError, unknown_run
+from ..models import Decision, Embedding, PrototypeVersion, Run
+from ..runs.access import run_config
+from ..storage.decisions import insert_decisions
+from ..storage.embedding_reader import CHUNK_ROWS, DEFAULT_PARTS, Progress, Source, read_embeddings
 from .progress import ProgressCallback, ProgressRecorder
 
 #: ``Decision.manifest_id`` of offline decisions: there is no manifest, and it tells them from online ones
@@ -34,7 +33,7 @@ WRITE_ROWS = 200_000
 def _check_offline(session: Session, run: Run | None, run_id: int) -> Run:
     """The run exists and no trainer curates it online: offline results would mix with (or end) that."""
     if run is None:
-        raise ApiError(404, "unknown_run", f"run {run_id} does not exist")
+        raise unknown_run(run_id)
     if run.phase in ("curation", "subset"):
         raise ApiError(409, "run_is_online", f"run {run_id} is in its {run.phase} phase with a trainer")
     online = session.scalar(
@@ -67,8 +66,7 @@ def run_offline_curation(
             raise ApiError(422, "cannot_curate", f"run {run_id} stores {stored} embeddings; k={config.k} needs more")
     recorder = ProgressRecorder(sessions, run_id, "offline_curation", progress)
     try:
-        with sessions() as session:
-            ids, features = read_unit_features(session, run_id, lambda done, total: recorder("load", done, total))
+        ids, features = read_unit_features(sessions, run_id, lambda done, total: recorder("load", done, total))
         recorder("kmeans", 0, 1)
         try:
             result = curate_offline(
@@ -84,6 +82,18 @@ def run_offline_curation(
         recorder.persist(recorder.snapshot("failed", 0, 0, error=f"{type(exc).__name__}: {exc}"))
         raise
     return summary
+
+
+def read_unit_features(
+    source: Source,
+    run_id: int,
+    progress: Progress | None = None,
+    chunk_rows: int = CHUNK_ROWS,
+    parts: int = DEFAULT_PARTS,
+) -> tuple[NDArray[np.int64], NDArray[np.float16]]:
+    """The job's features: sorted sample ids and their stored embeddings as float16 unit rows, one snapshot."""
+    meta, features = read_embeddings(source, run_id, parts=parts, half=True, progress=progress, chunk_rows=chunk_rows)
+    return meta.sample_ids, features.astype(np.float16, copy=False)
 
 
 def _summary(run_id: int, ids: NDArray[np.int64], result: OfflineCuration, config: CurationConfig) -> dict[str, Any]:

@@ -11,7 +11,8 @@ from sqlalchemy import text, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.models import Run
+from ..db import is_postgres
+from ..models import Run
 
 #: ``progress(stage, done, total)``
 ProgressCallback = Callable[[str, int, int], None]
@@ -79,7 +80,7 @@ class ProgressRecorder:
     def persist(self, progress: dict[str, Any]) -> None:
         with self.sessions() as session:
             try:
-                if session.get_bind().dialect.name == "postgresql":
+                if is_postgres(session):
                     session.execute(text(f"SET LOCAL lock_timeout = {int(self.lock_timeout_ms)}"))
                 session.execute(update(Run).where(Run.id == self.run_id).values(progress=progress))
                 session.commit()

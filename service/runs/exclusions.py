@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from ..errors import ApiError
 from ..models import Embedding, Run, RunExclusion, Sample
 from ..schemas.datasets import ExclusionOut
-from ..storage.pgcopy import foreign_ids
+from ..storage.samples import foreign_ids
 from .leasing import skip_samples
 
 

@@ -14,8 +14,9 @@ from numpy.typing import NDArray
 from sqlalchemy import and_, func, insert, select, update
 from sqlalchemy.orm import Session
 
+from ..db import is_postgres
 from ..models import EpochItem
-from ..storage.pgcopy import copy_rows, is_postgres
+from ..storage.pgcopy import copy_rows
 
 
 def materialise_epoch(session: Session, run_id: int, seed: int, epoch: int, sample_ids: NDArray[np.int64]) -> int:

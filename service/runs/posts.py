@@ -1,7 +1,9 @@
-"""Applying a manifest's embeddings: shared by the API (embedded mode, warm-up) and the Celery worker.
+"""A manifest's embeddings posted: stored (warm-up), or curated (a step of the run), and the manifest acknowledged.
 
-The run row lock taken first serialises every step of a run, whichever process or worker applies it, so
-prototype versions form one strictly increasing sequence and a retried manifest is answered from storage.
+The same functions run in the API process (the embedded default, and every warm-up post) and on a Celery worker
+(curation posts with a broker). The run row lock taken first serialises every step of a run, whichever process
+applies it, so prototype versions form one strictly increasing sequence and a retried manifest is answered from
+storage (docs/DESIGN.md, "Exactly once").
 """
 
 from __future__ import annotations
@@ -14,23 +16,31 @@ from numpy.typing import NDArray
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.curation import Backend
-
+from ..curation import Backend
 from ..errors import ApiError, StepFailure
 from ..models import Embedding, Manifest, Run
 from ..schemas.runs import StoredOut
-from ..storage.pgcopy import upsert_embeddings
+from ..storage.embedding_writer import upsert_embeddings
 from ..uploads import check_embeddings
+from .access import lock_run
+from .curation_step import curate_step
 from .failures import STEP_CURATE, clear_failure, ensure_runnable, failed_step_answer, is_infrastructure, record_failure
 from .leasing import complete, manifest_rows
-from .schedule import InitPrototypes, PrototypeCache, advance_if_epoch_done, curate_step, lock_run
+from .prototypes import PrototypeCache
+from .schedule import InitPrototypes, advance_if_epoch_done
+
+
+def find_manifest(session: Session, run_id: int, manifest_id: str) -> Manifest:
+    """The run's manifest, or 404 ``unknown_manifest``."""
+    manifest = session.get(Manifest, manifest_id)
+    if manifest is None or manifest.run_id != run_id:
+        raise ApiError(404, "unknown_manifest", f"manifest {manifest_id} does not belong to run {run_id}")
+    return manifest
 
 
 def open_manifest(session: Session, run: Run, manifest_id: str) -> tuple[Manifest, list[int]]:
     """The manifest and the samples it still holds, in manifest order; 409 if its lease went to another trainer."""
-    manifest = session.get(Manifest, manifest_id)
-    if manifest is None or manifest.run_id != run.id:
-        raise ApiError(404, "unknown_manifest", f"manifest {manifest_id} does not belong to run {run.id}")
+    manifest = find_manifest(session, run.id, manifest_id)
     if manifest.acked_at is not None:
         return manifest, []
     rows = manifest_rows(session, manifest.id)
@@ -60,7 +70,7 @@ def apply_embeddings(
     backend: Backend | None = None,
 ) -> dict[str, Any]:
     """``store_embeddings``, with a failure of a curation step noted on the run: the request then gets 503 (post
-    again) until the run stops, then 409 ``run_failed`` naming the reason (``service.failures``)."""
+    again) until the run stops, then 409 ``run_failed`` naming the reason (``runs.failures``)."""
     try:
         return store_embeddings(session, run_id, manifest_id, arr, init, cache, backend)
     except StepFailure as exc:
@@ -120,7 +130,5 @@ def store_embeddings(
 
 def manifest_phase(session: Session, run_id: int, manifest_id: str) -> tuple[str, dict[str, Any] | None]:
     """Phase of a manifest and its stored answer once acknowledged, without locking (for routing a post)."""
-    manifest = session.get(Manifest, manifest_id)
-    if manifest is None or manifest.run_id != run_id:
-        raise ApiError(404, "unknown_manifest", f"manifest {manifest_id} does not belong to run {run_id}")
+    manifest = find_manifest(session, run_id, manifest_id)
     return manifest.phase, (dict(manifest.result or {}) if manifest.acked_at is not None else None)

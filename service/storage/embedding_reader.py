@@ -1,23 +1,31 @@
-"""A run's stored embeddings as float32 unit rows, read as fast as the database can hand them over.
+"""The one reader of stored embeddings: a run's rows as unit feature rows f = x / ||x||, in sample-id order.
 
-Why not the ORM, or psycopg's ``Copy`` iterator: a 1024-wide float16 vector is 2 KB (kept inline in the heap
-since migration 0003, where Postgres would otherwise move it to TOAST), and the server side of a read costs
-~2-4 us a row; psycopg's generator-based ``Copy`` adds ~10 us a row in Python. Here the binary
-``COPY ... TO STDOUT`` is drained at the libpq level (one slice assignment per row into a preallocated buffer),
-each chunk is parsed with numpy views (no Python object per row), and the sample-id range is split over
-``parts`` connections that import one exported snapshot, so every part sees the same rows while the server
-reads on several cores. The conversion float16 -> float32 -> unit rows runs chunk by chunk (libpq keeps
-receiving into its socket buffer meanwhile).
+Every consumer reads through here: the prototype k-means (warm-up, repair, refresh), offline curation and the
+neighbour index. Rows go into a ``Sink``: a float32 matrix (``ArraySink``), a float16 one (``HalfSink``, half the
+memory for a whole-dataset read), or the FAISS index fed chunk by chunk (no second copy of the set).
 
-Callers decide where the rows go through a ``Sink``: a preallocated matrix (``read_embeddings``) or, for
-the neighbour index, a FAISS index fed chunk by chunk (no second copy of the whole set).
+The source is a session factory or a session. A session factory reads in a snapshot of its own (REPEATABLE READ),
+and on Postgres may split the sample-id range over ``parts`` connections that import that one exported snapshot,
+so the server reads on several cores. A session reads in its own transaction, on its connection: it sees what that
+transaction wrote (the warm-up's last embeddings, stored in the request that then runs the k-means).
+
+On Postgres the rows come through ``COPY (SELECT sample_id, vector ...) TO STDOUT (FORMAT binary)``, drained at the
+libpq level (one slice assignment per row into a preallocated buffer: psycopg's generator-based ``Copy`` costs
+~10 us a row more in Python) and parsed chunk by chunk with the record layout of ``pgcopy`` (no Python object
+per row); float16 is widened to float32 and normalised a chunk at a time. On SQLite the ORM reads in chunks.
+
+Refusals: a read with no rows or rows of several widths is refused before any vector is read (``check``); rows
+that are not finite or all zeros (stored before the upload checks existed) are refused after the read, all of
+them named (``BadRows``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 import select
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -28,12 +36,15 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 from psycopg import pq
-from sqlalchemy import Engine, func
+from sqlalchemy import Engine, false, func
 from sqlalchemy import select as sa_select
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.errors import ApiError
-from service.models import Embedding
+from ..curation import unit_rows
+from ..db import IDS_PER_STATEMENT, engine_of, is_postgres
+from ..errors import ApiError
+from ..models import Embedding
+from .pgcopy import TRAILER, row_layout, strip_header
 
 #: rows converted per chunk: 4096 x 1024 float32 is 16 MB, small enough to stay cache-friendly
 CHUNK_ROWS = 4096
@@ -42,11 +53,9 @@ MIN_PART_ROWS = 20_000
 #: connections a read is split over: the server reads on one core per connection
 DEFAULT_PARTS = max(1, min(4, os.cpu_count() or 1))
 
-_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
-_TRAILER = b"\xff\xff"
-# one binary COPY row of (sample_id bigint, vector bytea): field count, length + int8, length + bytes
-_ID_AT, _VEC_AT = 6, 18
-_ROW_HEAD = (2).to_bytes(2, "big") + (8).to_bytes(4, "big")
+#: a session factory (the read takes its own snapshot) or a session (the read joins its transaction)
+Source = sessionmaker[Session] | Session
+Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
@@ -55,11 +64,34 @@ class EmbeddingSet:
 
     run_id: int
     rows: int
-    dim: int
+    dim: int  # the narrowest width stored (``max_dim`` when the read is allowed)
+    max_dim: int
     max_step: int
     #: changes whenever a row is (re)written, even at the same step (Postgres: sum of row xmins; else 0)
     fingerprint: int
     sample_ids: NDArray[np.int64]  # ascending
+
+
+#: called with the set once it is counted, before any vector is read; raises to refuse the read
+Check = Callable[[EmbeddingSet], None]
+
+
+def refuse_unreadable(meta: EmbeddingSet) -> None:
+    """409 when there is nothing to read, or the rows are of several widths."""
+    if not meta.rows:
+        raise ApiError(409, "no_embeddings", f"run {meta.run_id} has no stored embeddings")
+    if meta.dim != meta.max_dim:
+        raise ApiError(
+            409, "mixed_widths", f"run {meta.run_id} stores embeddings of widths {meta.dim} to {meta.max_dim}"
+        )
+
+
+class BadRows(ApiError):
+    """422: stored rows that are all zeros or not finite, so no direction; ``sample_ids`` names every one."""
+
+    def __init__(self, sample_ids: list[int]) -> None:
+        super().__init__(422, "zero_rows", f"samples {sample_ids[:10]} have all-zero or non-finite embeddings")
+        self.sample_ids = sample_ids
 
 
 class Sink(Protocol):
@@ -75,8 +107,8 @@ class ArraySink:
 
     def __init__(self, rows: int, dim: int) -> None:
         self.features = np.empty((rows, dim), dtype=np.float32)
-        # Fault the pages in now, before the COPY streams: first-touch faults taken while the server is
-        # reading (and the page cache growing) cost up to 10x more on this VM (0.1 s here vs 0.7-2 s there).
+        # Fault the pages in now, before the COPY streams: first touches taken while the server is reading (and
+        # the page cache grows) were measured several times slower.
         self.features.fill(0)
 
     def buffer(self, start: int, count: int) -> NDArray[np.float32]:
@@ -86,18 +118,121 @@ class ArraySink:
         pass
 
 
-def engine_of(sessions: sessionmaker[Session]) -> Engine:
-    bind = sessions.kw.get("bind")
-    if not isinstance(bind, Engine):
-        raise TypeError("the session factory must be bound to an Engine")
-    return bind
+class HalfSink:
+    """Rows into one ``[n, dim]`` float16 matrix (the stored precision: 2 bytes a value for a whole dataset),
+    each chunk normalised in a float32 scratch of the reading thread first."""
+
+    def __init__(self, rows: int, dim: int) -> None:
+        self.features = np.empty((rows, dim), dtype=np.float16)
+        self.scratch = threading.local()
+
+    def buffer(self, start: int, count: int) -> NDArray[np.float32]:
+        rows = getattr(self.scratch, "rows", None)
+        if rows is None or len(rows) < count:
+            rows = self.scratch.rows = np.empty((count, self.features.shape[1]), dtype=np.float32)
+        return rows[:count]
+
+    def commit(self, start: int, ids: NDArray[np.int64], rows: NDArray[np.float32]) -> None:
+        self.features[start : start + len(rows)] = rows
+
+
+def read_embeddings(
+    source: Source,
+    run_id: int,
+    sample_ids: NDArray[np.int64] | None = None,
+    parts: int = DEFAULT_PARTS,
+    half: bool = False,
+    check: Check = refuse_unreadable,
+    progress: Progress | None = None,
+    chunk_rows: int = CHUNK_ROWS,
+) -> tuple[EmbeddingSet, NDArray[np.floating]]:
+    """The run's embeddings (or those of ``sample_ids``) as unit rows, float32 (float16 with ``half``)."""
+    holder: list[ArraySink | HalfSink] = []
+
+    def make(meta: EmbeddingSet) -> Sink:
+        holder.append((HalfSink if half else ArraySink)(meta.rows, meta.dim))
+        return holder[0]
+
+    meta = scan_embeddings(source, run_id, make, sample_ids, parts, check, progress, chunk_rows)
+    return meta, holder[0].features
+
+
+def scan_embeddings(
+    source: Source,
+    run_id: int,
+    make_sink: Callable[[EmbeddingSet], Sink],
+    sample_ids: NDArray[np.int64] | None = None,
+    parts: int = DEFAULT_PARTS,
+    check: Check = refuse_unreadable,
+    progress: Progress | None = None,
+    chunk_rows: int = CHUNK_ROWS,
+) -> EmbeddingSet:
+    """Stream the rows into ``make_sink(meta)`` (called once, after ``check`` let the counted set through);
+    ``progress(rows done, rows)`` after each chunk. Raises ``BadRows`` after the read if any row was unusable."""
+    engine = None if isinstance(source, Session) else engine_of(source)
+    if not is_postgres(source if isinstance(source, Session) else engine_of(source)):
+        return _orm_scan(source, run_id, make_sink, sample_ids, check, progress, chunk_rows)
+    with _connection(source) as main:
+        where = _where(run_id, sample_ids)
+        meta = _postgres_meta(main, run_id, where, check)
+        target = _Target(make_sink(meta), meta, progress)
+        ranges = _split(meta.rows, 1 if engine is None else max(1, min(parts, meta.rows // MIN_PART_ROWS)))
+        snapshot: str = main.execute("SELECT pg_export_snapshot()").fetchone()[0] if len(ranges) > 1 else ""
+        with ThreadPoolExecutor(max_workers=max(1, len(ranges) - 1)) as pool:
+            futures = [
+                pool.submit(_read_part_in_snapshot, engine, snapshot, where, lo, hi, target, chunk_rows)
+                for lo, hi in ranges[1:]
+                if engine is not None
+            ]
+            lo, hi = ranges[0]
+            _copy_part(main, _part_query(where, meta, lo, hi), lo, hi, target, chunk_rows)
+            for future in futures:  # the exporting transaction stays open until every importer is done
+                future.result()
+    target.finish()
+    return meta
+
+
+class _Target:
+    """The sink of one read, with what every part shares: the set, progress, and the unusable rows found."""
+
+    def __init__(self, sink: Sink, meta: EmbeddingSet, progress: Progress | None) -> None:
+        self.sink, self.meta, self.progress = sink, meta, progress
+        self.lock = threading.Lock()
+        self.done = 0
+        self.bad: list[NDArray[np.int64]] = []
+        if progress is not None:
+            progress(0, meta.rows)
+
+    def put(self, position: int, ids: NDArray[np.int64], half: NDArray[np.float16]) -> None:
+        """Check, widen and normalise one chunk of rows in sample-id order starting at ``position``."""
+        if not np.array_equal(ids, self.meta.sample_ids[position : position + len(ids)]):
+            raise ValueError(f"run {self.meta.run_id}: rows out of sample-id order or not in the snapshot")
+        out = self.sink.buffer(position, len(ids))
+        _widen(out, half)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            unit_rows(out, out=out)
+        bad = ~np.isfinite(out).all(axis=1)
+        with self.lock:
+            if bad.any():  # the upload refuses such rows; one written some other way must not poison the reader
+                self.bad.append(ids[bad])
+            elif not self.bad:
+                self.sink.commit(position, ids, out)
+            self.done += len(ids)
+            if self.progress is not None:
+                self.progress(self.done, self.meta.rows)
+
+    def finish(self) -> None:
+        if self.bad:
+            raise BadRows(sorted(np.concatenate(self.bad).tolist()))
+        if self.done != self.meta.rows:
+            raise ValueError(f"run {self.meta.run_id}: read {self.done} of the {self.meta.rows} rows in the snapshot")
 
 
 def stored_ids(sessions: sessionmaker[Session], run_id: int) -> NDArray[np.int64]:
     """The run's sample ids that have an embedding, ascending (ids only: no vector is sent)."""
     engine = engine_of(sessions)
-    if engine.dialect.name == "postgresql":
-        with _raw(engine) as conn:
+    if is_postgres(engine):
+        with _connection(sessions) as conn:
             return _ids_blob(conn, _where(run_id, None))
     with sessions() as session:
         rows = session.scalars(
@@ -106,60 +241,25 @@ def stored_ids(sessions: sessionmaker[Session], run_id: int) -> NDArray[np.int64
         return np.fromiter(rows, dtype=np.int64)
 
 
-def read_embeddings(
-    sessions: sessionmaker[Session],
-    run_id: int,
-    sample_ids: NDArray[np.int64] | None = None,
-    parts: int = DEFAULT_PARTS,
-) -> tuple[EmbeddingSet, NDArray[np.float32]]:
-    """The run's embeddings (or those of ``sample_ids``) as unit rows f = x / ||x||, in sample-id order."""
-    holder: dict[str, ArraySink] = {}
-
-    def make(meta: EmbeddingSet) -> ArraySink:
-        holder["sink"] = ArraySink(meta.rows, meta.dim)
-        return holder["sink"]
-
-    meta = scan_embeddings(sessions, run_id, make, sample_ids, parts)
-    return meta, holder["sink"].features
-
-
-def scan_embeddings(
-    sessions: sessionmaker[Session],
-    run_id: int,
-    make_sink: Callable[[EmbeddingSet], Sink],
-    sample_ids: NDArray[np.int64] | None = None,
-    parts: int = DEFAULT_PARTS,
-    chunk_rows: int = CHUNK_ROWS,
-) -> EmbeddingSet:
-    """Stream the rows into ``make_sink(meta)``; raise ApiError 409 for no rows or mixed widths, 422 for
-    zero / non-finite rows. ``make_sink`` is called once, after the snapshot is taken and counted."""
-    engine = engine_of(sessions)
-    if engine.dialect.name != "postgresql":
-        return _orm_scan(sessions, run_id, make_sink, sample_ids, chunk_rows)
-    with _raw(engine) as main:
-        main.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        where = _where(run_id, sample_ids)
-        meta = _postgres_meta(main, run_id, where)
-        sink = make_sink(meta)
-        ranges = _split(meta.rows, max(1, min(parts, meta.rows // MIN_PART_ROWS)))
-        snapshot: str = main.execute("SELECT pg_export_snapshot()").fetchone()[0] if len(ranges) > 1 else ""
-        with ThreadPoolExecutor(max_workers=max(1, len(ranges) - 1)) as pool:
-            futures = [
-                pool.submit(_read_part_in_snapshot, engine, snapshot, run_id, where, meta, lo, hi, sink, chunk_rows)
-                for lo, hi in ranges[1:]
-            ]
-            lo, hi = ranges[0]
-            _copy_part(main, _part_query(run_id, where, meta, lo, hi), meta, lo, hi, sink, chunk_rows)
-            for future in futures:  # the exporting transaction stays open until every importer is done
-                future.result()
-        main.execute("ROLLBACK")
-    return meta
+@contextmanager
+def _connection(source: Source) -> Iterator[Any]:
+    """The psycopg connection to read on: the session's own, in its transaction; or a pooled one in a read-only
+    REPEATABLE READ transaction of its own (dropped on error: a connection left in the middle of a COPY cannot
+    go back to the pool)."""
+    if isinstance(source, Session):
+        raw = source.connection().connection.dbapi_connection
+        assert raw is not None
+        yield raw
+        return
+    with _raw(engine_of(source)) as conn:
+        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        yield conn
+        conn.execute("ROLLBACK")
 
 
 @contextmanager
 def _raw(engine: Engine) -> Iterator[Any]:
-    """A pooled psycopg connection in autocommit (we send BEGIN / ROLLBACK ourselves); dropped on error,
-    since a connection left in the middle of a COPY cannot go back to the pool."""
+    """A pooled psycopg connection in autocommit (we send BEGIN / ROLLBACK ourselves)."""
     proxied = engine.raw_connection()
     conn = proxied.dbapi_connection
     assert conn is not None
@@ -175,7 +275,7 @@ def _raw(engine: Engine) -> Iterator[Any]:
 
 
 def _where(run_id: int, sample_ids: NDArray[np.int64] | None) -> str:
-    # COPY takes no bind parameters: everything inlined is an int formatted by us, never caller text
+    # COPY takes no bind parameters: everything inlined is an int formatted here, never caller text
     clause = f"run_id = {int(run_id)}"
     if sample_ids is not None:
         listed = ",".join(str(int(i)) for i in np.asarray(sample_ids, dtype=np.int64).tolist())
@@ -183,16 +283,18 @@ def _where(run_id: int, sample_ids: NDArray[np.int64] | None) -> str:
     return clause
 
 
-def _postgres_meta(conn: Any, run_id: int, where: str) -> EmbeddingSet:
+def _postgres_meta(conn: Any, run_id: int, where: str, check: Check) -> EmbeddingSet:
     n, dim, max_dim, max_step, fingerprint = conn.execute(
         "SELECT count(*), min(dim), max(dim), coalesce(max(step), 0), coalesce(sum(xmin::text::bigint), 0) "
         f"FROM embeddings WHERE {where}"
     ).fetchone()
-    _check_widths(run_id, n, dim, max_dim)
+    empty = np.empty(0, dtype=np.int64)
+    counted = EmbeddingSet(run_id, int(n), int(dim or 0), int(max_dim or 0), int(max_step), int(fingerprint), empty)
+    check(counted)
     ids = _ids_blob(conn, where)
     if len(ids) != n:
         raise ValueError(f"run {run_id}: {len(ids)} ids but {n} rows in one snapshot")
-    return EmbeddingSet(run_id, int(n), int(dim), int(max_step), int(fingerprint), ids)
+    return dataclasses.replace(counted, sample_ids=ids)
 
 
 def _ids_blob(conn: Any, where: str) -> NDArray[np.int64]:
@@ -205,19 +307,14 @@ def _ids_blob(conn: Any, where: str) -> NDArray[np.int64]:
     return np.frombuffer(blob or b"", dtype=">i8").astype(np.int64)
 
 
-def _check_widths(run_id: int, n: int, dim: int | None, max_dim: int | None) -> None:
-    if not n:
-        raise ApiError(409, "no_embeddings", f"run {run_id} has no stored embeddings")
-    if dim != max_dim:
-        raise ApiError(409, "mixed_widths", f"run {run_id} stores embeddings of widths {dim} to {max_dim}")
-
-
 def _split(n: int, parts: int) -> list[tuple[int, int]]:
     edges = np.linspace(0, n, parts + 1).astype(int)
-    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a]
+    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a] or [(0, 0)]
 
 
-def _part_query(run_id: int, where: str, meta: EmbeddingSet, lo: int, hi: int) -> str:
+def _part_query(where: str, meta: EmbeddingSet, lo: int, hi: int) -> str:
+    if hi <= lo:
+        return "COPY (SELECT sample_id, vector FROM embeddings WHERE false) TO STDOUT (FORMAT binary)"
     first, last = int(meta.sample_ids[lo]), int(meta.sample_ids[hi - 1])
     # ORDER BY follows the (run_id, sample_id) primary key, so rows land in the positions the ids say
     return (
@@ -227,34 +324,32 @@ def _part_query(run_id: int, where: str, meta: EmbeddingSet, lo: int, hi: int) -
 
 
 def _read_part_in_snapshot(
-    engine: Engine,
-    snapshot: str,
-    run_id: int,
-    where: str,
-    meta: EmbeddingSet,
-    lo: int,
-    hi: int,
-    sink: Sink,
-    chunk_rows: int,
+    engine: Engine, snapshot: str, where: str, lo: int, hi: int, target: _Target, chunk_rows: int
 ) -> None:
     with _raw(engine) as conn:
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         conn.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'")  # snapshot ids are server-made: [0-9A-F-]
-        _copy_part(conn, _part_query(run_id, where, meta, lo, hi), meta, lo, hi, sink, chunk_rows)
+        _copy_part(conn, _part_query(where, target.meta, lo, hi), lo, hi, target, chunk_rows)
         conn.execute("ROLLBACK")
 
 
-def _copy_part(conn: Any, query: str, meta: EmbeddingSet, lo: int, hi: int, sink: Sink, chunk_rows: int) -> None:
-    """Drain one COPY into ``sink`` rows ``lo .. hi``; libpq hands over one row per message.
+def _row_layout(dim: int) -> np.dtype:
+    """A COPY row of (sample_id bigint, vector bytea of ``dim`` little-endian float16)."""
+    return row_layout([("sid", ">i8"), ("vec", f"({dim},)<f2")])
 
-    Conversion runs inline between chunks: on 2 cores a helper thread with double buffering measured no
-    faster (the read is CPU-bound: server backends, this loop and the conversion share the cores).
+
+def _copy_part(conn: Any, query: str, lo: int, hi: int, target: _Target, chunk_rows: int) -> None:
+    """Drain one COPY into rows ``lo .. hi`` of the target; libpq hands over one row per message.
+
+    Conversion runs inline between chunks: a helper thread with double buffering measured no faster on two cores
+    (the read is CPU-bound: server backends, this loop and the conversion share the cores).
     """
-    pg = conn.pgconn
-    record = _VEC_AT + 2 * meta.dim
+    layout = _row_layout(target.meta.dim)
+    record = layout.itemsize
     capacity = chunk_rows * record
-    buf = np.empty(capacity + record + len(_SIGNATURE) + 64, dtype=np.uint8)
+    buf = np.empty(capacity + record + 64, dtype=np.uint8)
     view = memoryview(buf)  # type: ignore[arg-type]
+    pg = conn.pgconn
     pg.send_query(query.encode())
     result = pg.get_result()
     if result is None or result.status != pq.ExecStatus.COPY_OUT:
@@ -271,11 +366,11 @@ def _copy_part(conn: Any, query: str, meta: EmbeddingSet, lo: int, hi: int, sink
         if size < 0:
             break
         if first:
-            data, first = _strip_header(bytes(data)), False
+            data, first = strip_header(bytes(data)), False
             size = len(data)
         if fill + size > capacity:  # convert the whole rows, keep a partial one for the next chunk
             whole = fill - fill % record
-            position = _flush(buf[:whole], meta, position, sink)
+            position = _flush(buf[:whole], layout, position, target)
             buf[: fill - whole] = buf[whole:fill]
             fill -= whole
             if fill + size > len(buf):
@@ -284,21 +379,14 @@ def _copy_part(conn: Any, query: str, meta: EmbeddingSet, lo: int, hi: int, sink
         view[fill : fill + size] = data
         fill += size
     _finish(pg)
-    if fill < len(_TRAILER) or bytes(buf[fill - len(_TRAILER) : fill]) != _TRAILER:
+    if fill < len(TRAILER) or bytes(buf[fill - len(TRAILER) : fill]) != TRAILER:
         raise ValueError("COPY output does not end with the binary trailer")
-    fill -= len(_TRAILER)
+    fill -= len(TRAILER)
     if fill % record:
         raise ValueError("COPY output ends with a partial row")
-    position = _flush(buf[:fill], meta, position, sink)
+    position = _flush(buf[:fill], layout, position, target)
     if position != hi:
-        raise ValueError(f"run {meta.run_id}: read rows {lo}..{position}, the snapshot holds {lo}..{hi}")
-
-
-def _strip_header(data: bytes) -> bytes:
-    if not data.startswith(_SIGNATURE):
-        raise ValueError("COPY output does not start with the PGCOPY signature")
-    extension = int.from_bytes(data[15:19], "big")
-    return data[19 + extension :]
+        raise ValueError(f"run {target.meta.run_id}: read rows {lo}..{position}, the snapshot holds {lo}..{hi}")
 
 
 def _finish(pg: Any) -> None:
@@ -309,32 +397,23 @@ def _finish(pg: Any) -> None:
         pass
 
 
-def _flush(raw: NDArray[np.uint8], meta: EmbeddingSet, position: int, sink: Sink) -> int:
-    """Parse whole rows with views, check them, write unit rows into the sink; return the next position."""
-    dim, record = meta.dim, _VEC_AT + 2 * meta.dim
-    count = len(raw) // record
-    if count == 0:
+def _flush(raw: NDArray[np.uint8], layout: np.dtype, position: int, target: _Target) -> int:
+    """Parse whole rows in place and hand them to the target; return the next position."""
+    if not len(raw):
         return position
-    rows = raw.reshape(count, record)
-    head = np.frombuffer(_ROW_HEAD, dtype=np.uint8)  # 2 fields, then the id's length (8)
-    width = np.frombuffer((2 * dim).to_bytes(4, "big"), dtype=np.uint8)
-    if not ((rows[:, :_ID_AT] == head).all() and (rows[:, 14:_VEC_AT] == width).all()):
+    rows = raw.view(layout)
+    dim = target.meta.dim
+    if not ((rows["fields"] == 2).all() and (rows["l_sid"] == 8).all() and (rows["l_vec"] == 2 * dim).all()):
         raise ValueError("unexpected row layout in COPY output (a NULL or a vector of another width)")
-    ids = rows[:, _ID_AT:14].copy().view(">i8").ravel().astype(np.int64)
-    if not np.array_equal(ids, meta.sample_ids[position : position + count]):
-        raise ValueError(f"run {meta.run_id}: rows out of sample-id order or not in the snapshot")
-    out = sink.buffer(position, count)
-    _widen(out, rows[:, _VEC_AT:].view("<f2"))
-    _normalise(out, ids)
-    sink.commit(position, ids, out)
-    return position + count
+    target.put(position, rows["sid"].astype(np.int64), rows["vec"])
+    return position + len(rows)
 
 
 def _widen(out: NDArray[np.float32], half: NDArray[np.float16]) -> None:
-    """float16 -> float32 straight from the COPY buffer. torch's F16C cast is ~4x numpy's table-driven one
-    (0.13 s vs 0.6 s per 200k x 1024 on this box); numpy when torch is absent."""
+    """float16 -> float32 straight from the COPY buffer. torch's F16C cast is ~4x numpy's table-driven one;
+    numpy when torch is absent."""
     torch = _torch()
-    if torch is None:
+    if torch is None or not half.flags.writeable:  # torch wraps writable arrays only (the ORM's are bytes)
         out[...] = half
     else:
         torch.from_numpy(out).copy_(torch.from_numpy(half))
@@ -348,50 +427,70 @@ def _torch() -> Any:
         return None
 
 
-def _normalise(rows: NDArray[np.float32], ids: NDArray[np.int64]) -> None:
-    """In place: f = x / ||x||; a zero or non-finite row cannot be a direction."""
-    sq = np.einsum("ij,ij->i", rows, rows)
-    bad = ~(np.isfinite(sq) & (sq > 0))
-    if bad.any():  # the upload refuses such rows; one written some other way must not poison the index
-        raise ApiError(422, "zero_rows", f"samples {ids[bad][:10].tolist()} have all-zero or non-finite embeddings")
-    rows *= (1.0 / np.sqrt(sq))[:, None]
-
-
 def _orm_scan(
-    sessions: sessionmaker[Session],
+    source: Source,
     run_id: int,
     make_sink: Callable[[EmbeddingSet], Sink],
     sample_ids: NDArray[np.int64] | None,
+    check: Check,
+    progress: Progress | None,
     chunk_rows: int,
 ) -> EmbeddingSet:
     """Any other database (the embedded SQLite default): the ORM, ``chunk_rows`` at a time, one transaction."""
-    cond = [Embedding.run_id == run_id]
-    if sample_ids is not None:
-        cond.append(Embedding.sample_id.in_([int(i) for i in sample_ids]))
-    with sessions() as session:
-        n, dim, max_dim, max_step = session.execute(
-            sa_select(func.count(), func.min(Embedding.dim), func.max(Embedding.dim), func.max(Embedding.step)).where(
-                *cond
+    if sample_ids is None:
+        conditions = [[Embedding.run_id == run_id]]
+    else:
+        wanted = np.unique(np.asarray(sample_ids, dtype=np.int64)).tolist()
+        conditions = [
+            [Embedding.run_id == run_id, Embedding.sample_id.in_(wanted[i : i + IDS_PER_STATEMENT])]
+            for i in range(0, len(wanted), IDS_PER_STATEMENT)
+        ] or [[Embedding.run_id == run_id, false()]]
+    with _orm_session(source) as session:
+        counts = [
+            session.execute(
+                sa_select(
+                    func.count(), func.min(Embedding.dim), func.max(Embedding.dim), func.max(Embedding.step)
+                ).where(*where)
+            ).one()
+            for where in conditions
+        ]
+        widths = [w for _, low, high, _ in counts for w in (low, high) if w is not None]
+        steps = [s for *_, s in counts if s is not None]
+        empty = np.empty(0, dtype=np.int64)
+        n = sum(c[0] for c in counts)
+        counted = EmbeddingSet(
+            run_id, n, min(widths, default=0), max(widths, default=0), max(steps, default=0), 0, empty
+        )
+        check(counted)
+        ids = [
+            np.fromiter(
+                session.scalars(sa_select(Embedding.sample_id).where(*w).order_by(Embedding.sample_id)), np.int64
             )
-        ).one()
-        _check_widths(run_id, n, dim, max_dim)
-        ids = np.fromiter(
-            session.scalars(sa_select(Embedding.sample_id).where(*cond).order_by(Embedding.sample_id)), np.int64
-        )
-        meta = EmbeddingSet(run_id, int(n), int(dim), int(max_step or 0), 0, ids)
-        sink = make_sink(meta)
-        stmt = (
-            sa_select(Embedding.sample_id, Embedding.vector)
-            .where(*cond)
-            .order_by(Embedding.sample_id)
-            .execution_options(yield_per=chunk_rows)
-        )
+            for w in conditions
+        ]
+        meta = dataclasses.replace(counted, sample_ids=np.concatenate(ids))
+        target = _Target(make_sink(meta), meta, progress)
         position = 0
-        for part in session.execute(stmt).partitions():
-            chunk_ids = np.fromiter((r[0] for r in part), dtype=np.int64, count=len(part))
-            out = sink.buffer(position, len(part))
-            out[...] = np.frombuffer(b"".join(r[1] for r in part), dtype="<f2").reshape(len(part), dim)
-            _normalise(out, chunk_ids)
-            sink.commit(position, chunk_ids, out)
-            position += len(part)
+        for where in conditions:
+            stmt = (
+                sa_select(Embedding.sample_id, Embedding.vector)
+                .where(*where)
+                .order_by(Embedding.sample_id)
+                .execution_options(yield_per=chunk_rows)
+            )
+            for part in session.execute(stmt).partitions():
+                chunk_ids = np.fromiter((r[0] for r in part), dtype=np.int64, count=len(part))
+                half = np.frombuffer(b"".join(r[1] for r in part), dtype="<f2").reshape(len(part), meta.dim)
+                target.put(position, chunk_ids, half)
+                position += len(part)
+    target.finish()
     return meta
+
+
+@contextmanager
+def _orm_session(source: Source) -> Iterator[Session]:
+    if isinstance(source, Session):
+        yield source
+        return
+    with source() as session:
+        yield session
