@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from service.ingest.paths import PathRejected, check_root, read_image, relative_uri, resolve_inside
+from service.ingest.images import read_image
+from service.ingest.paths import PathRejected, check_root, relative_uri, resolve_inside
 from service.ingest.reports import NORMAL_TEMPLATE, rejection_reason, resolve_report, synthesize_report
 from service.ingest.rows import (
     MalformedBody,

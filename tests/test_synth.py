@@ -20,7 +20,8 @@ from typer.testing import CliRunner
 
 from service.cli import app as cli_app
 from service.ingest.dicom import scan_folder, to_uint8
-from service.ingest.paths import PathRejected, check_image_bytes
+from service.ingest.images import check_image_bytes
+from service.ingest.paths import PathRejected
 from service.models import Sample
 from service.synth import CATALOGUE, generate
 from service.synth.findings import BY_LABEL, KEYS, no_finding_rate

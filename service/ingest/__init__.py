@@ -1,7 +1,7 @@
 """Ingest: CSV / JSONL manifests and DICOM folders into samples.
 
-The pure parts live in ``rows`` (parsing), ``reports`` (hygiene, templates), ``paths`` (path safety,
-image checks) and ``dicom`` (folder scan); ``store`` upserts. This module strings them together. The
+The pure parts live in ``rows`` (parsing), ``reports`` (hygiene, templates), ``paths`` (path safety),
+``images`` (image checks) and ``dicom`` (folder scan); ``store`` upserts. This module strings them together. The
 caller owns the transaction: it commits after a whole upload was read, or rolls back, so a malformed
 or oversized body writes nothing.
 """
@@ -19,7 +19,8 @@ from ..limits import PathLimits, TextLimits
 from ..models import Dataset
 from ..schemas.datasets import DicomScanRequest, DicomScanResult, ScanIssueOut
 from .dicom import ScanIssue, Sidecar, load_sidecar, scan_folder
-from .paths import PathRejected, read_image
+from .images import read_image
+from .paths import PathRejected
 from .reports import resolve_report
 from .rows import MalformedBody, RawRow, RowRejected, decoded_lines, iter_csv, iter_jsonl, row_input, unstorable_text
 from .store import SampleIn, SampleWriter, UpsertCounts

@@ -1,33 +1,20 @@
-"""Path safety and image file checks: every image must resolve to a readable file inside its dataset root."""
+"""Path safety: every path a client names resolves inside its dataset root, every root inside the allowed roots."""
 
 from __future__ import annotations
 
-import hashlib
-import io
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-
-from PIL import Image
 
 from ..limits import PathLimits
 from .rows import RowRejected, unstorable_text
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
-DICOM_MAGIC_OFFSET = 128  # DICOM Part 10: a 128-byte preamble, then "DICM"
 
 
 class PathRejected(RowRejected):
     """A path that is unsafe or names nothing usable (a RowRejected, so an upload goes on without the row)."""
-
-
-@dataclass(frozen=True, slots=True)
-class ImageFile:
-    uri: str  # normalised path relative to the root, as stored in Sample.image_uri
-    path: Path  # the resolved file that was checked (read this one, not the symlink, to avoid a swap)
-    sha256: str
 
 
 def check_lengths(path: str, what: str, limits: PathLimits) -> None:
@@ -82,36 +69,6 @@ def resolve_inside(
     if not os.path.exists(real):  # not Path.exists: that raises on EACCES; a file we cannot stat is not found
         raise PathRejected(f"file not found: {uri}")
     return uri, real
-
-
-def check_image_bytes(data: bytes) -> None:
-    """Raise PathRejected unless ``data`` is a decodable image (DICOM, or anything Pillow reads)."""
-    if data[DICOM_MAGIC_OFFSET : DICOM_MAGIC_OFFSET + 4] == b"DICM":
-        from .dicom import DicomProblem, check_pixels  # here, not at the top: dicom.py imports this module
-
-        try:
-            check_pixels(io.BytesIO(data))
-        except DicomProblem as exc:
-            raise PathRejected(f"unreadable image: {exc.reason}") from exc
-        return
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.verify()  # structure and checksums (catches truncation) without a full decode
-    except Exception as exc:  # Pillow raises many types for bad files; every one means "unreadable"
-        raise PathRejected(f"unreadable image: {type(exc).__name__}: {exc}") from exc
-
-
-def read_image(root: Path, rel: str, limits: PathLimits = PathLimits()) -> ImageFile:
-    """Resolve, read, hash (sha256 of the file bytes) and check one image."""
-    uri, real = resolve_inside(root, rel, "image path", limits)
-    if not os.path.isfile(real):
-        raise PathRejected(f"image path is not a file: {uri}")
-    try:
-        data = real.read_bytes()
-    except OSError as exc:
-        raise PathRejected(f"image file unreadable: {uri}: {exc.strerror}") from exc
-    check_image_bytes(data)
-    return ImageFile(uri=uri, path=real, sha256=hashlib.sha256(data).hexdigest())
 
 
 class RootNotAllowed(PathRejected):
