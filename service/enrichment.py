@@ -8,19 +8,6 @@ import numpy as np
 from numpy.typing import NDArray
 
 
-def label_enrichment(
-    labels: NDArray[np.int64], keep: NDArray[np.bool_], names: Sequence[str]
-) -> dict[str, dict[str, float]]:
-    """Per label: its share of the dataset, its share of the subset, and their ratio (NaN if absent)."""
-    return enrichment_from_counts(
-        np.bincount(labels, minlength=len(names)),
-        len(labels),
-        np.bincount(labels[keep], minlength=len(names)),
-        int(keep.sum()),
-        names,
-    )
-
-
 def enrichment_from_counts(
     dataset_counts: NDArray[np.int64],
     dataset_rows: int,
@@ -28,7 +15,8 @@ def enrichment_from_counts(
     subset_rows: int,
     names: Sequence[str],
 ) -> dict[str, dict[str, float]]:
-    """``label_enrichment`` from per-label row counts (e.g. SQL aggregates; multi-label rows count once per label)."""
+    """Per label: its share of the dataset, its share of the subset, and their ratio (NaN where the dataset has
+    none), from per-label row counts (SQL aggregates; a multi-label row counts once per label)."""
     dataset = np.asarray(dataset_counts, dtype=np.float64) / max(dataset_rows, 1)
     subset = np.asarray(subset_counts, dtype=np.float64) / max(subset_rows, 1)
     with np.errstate(divide="ignore", invalid="ignore"):

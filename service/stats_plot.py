@@ -13,18 +13,6 @@ from service.curation import BAND_LABELS
 BAND_COLOURS = ("#c0392b", "#27ae60", "#2980b9", "#95a5a6")  # outlier, support, central kept, central dropped
 
 
-def curation_figure_png(
-    band: NDArray[np.int8],
-    distance: NDArray[np.floating],
-    enrichment: Mapping[str, Mapping[str, float]] | None = None,
-    title: str = "curation",
-) -> bytes:
-    counts = np.bincount(band, minlength=len(BAND_LABELS))
-    edges = np.linspace(float(distance.min()), float(distance.max()) + 1e-9, 50)
-    hists = {code: np.histogram(distance[band == code], bins=edges)[0] for code in range(len(BAND_LABELS))}
-    return band_figure_png(counts, edges, hists, enrichment, title)
-
-
 def band_figure_png(
     counts: NDArray[np.int64],
     edges: NDArray[np.floating],

@@ -15,10 +15,11 @@ from pydicom import dcmread
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 
-from service.ingest.dicom import load_sidecar, scan_folder, to_uint8
+from service.ingest.dicom import load_sidecar, scan_folder
 from service.ingest.paths import PathRejected
 from service.ingest.rows import MalformedBody
 from service.models import Sample
+from trainer.data import load_image
 
 from .conftest import SHARED_DATA
 
@@ -114,14 +115,16 @@ def test_scan_folder_refuses_a_folder_outside_the_root(dicom_root: Path) -> None
             scan_folder(dicom_root, folder)
 
 
-def test_to_uint8_windows_and_inverts_monochrome1() -> None:
-    ds = dcmread(UNCR)
-    shown = to_uint8(ds)
+def test_display_pixels_window_and_invert_monochrome1(tmp_path: Path) -> None:
+    # the pixels are shown by the trainer (the service only checks that they decode)
+    shown = np.asarray(load_image(UNCR))
     assert shown.shape == (1955, 1841) and shown.dtype == np.uint8 and shown.min() == 0 and shown.max() == 255
+    ds = dcmread(UNCR)
     ds.PhotometricInterpretation = "MONOCHROME2"
-    assert np.array_equal(to_uint8(ds), 255 - shown)
+    ds.save_as(tmp_path / "monochrome2.dcm")
+    assert np.array_equal(np.asarray(load_image(tmp_path / "monochrome2.dcm")), 255 - shown)
     # the lossy JPEG 2000 copy shows the same picture, give or take compression error
-    assert np.abs(to_uint8(dcmread(J2K)).astype(int) - shown.astype(int)).mean() < 3
+    assert np.abs(np.asarray(load_image(J2K)).astype(int) - shown.astype(int)).mean() < 3
 
 
 def test_load_sidecar_keys_and_errors(tmp_path: Path) -> None:

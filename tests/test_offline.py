@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from service.curation import CurationConfig, compute_fraction, curate_offline
-from service.enrichment import flagged_share, label_enrichment
+from service.enrichment import enrichment_from_counts, flagged_share
 from service.synth.embeddings import finding_prevalence, long_tailed_embeddings
 
 
@@ -51,6 +51,17 @@ def test_offline_curation_keeps_a_fraction_and_covers_every_row(synth) -> None:
     assert compute_fraction(result.subset_ratio, 20, 1) < 0.35
     again = curate_offline(synth.features, config)
     np.testing.assert_array_equal(again.keep, result.keep)
+
+
+def label_enrichment(labels: np.ndarray, keep: np.ndarray, names) -> dict:
+    """Enrichment of one label per row: the counts per label, in the dataset and in the kept rows."""
+    return enrichment_from_counts(
+        np.bincount(labels, minlength=len(names)),
+        len(labels),
+        np.bincount(labels[keep], minlength=len(names)),
+        int(keep.sum()),
+        names,
+    )
 
 
 def test_rare_findings_are_enriched(synth) -> None:

@@ -19,7 +19,7 @@ from sqlalchemy import select
 from typer.testing import CliRunner
 
 from service.cli import app as cli_app
-from service.ingest.dicom import scan_folder, to_uint8
+from service.ingest.dicom import scan_folder
 from service.ingest.images import check_image_bytes
 from service.ingest.paths import PathRejected
 from service.models import Sample
@@ -28,6 +28,7 @@ from service.synth.findings import BY_LABEL, KEYS, no_finding_rate
 from service.synth.generate import SynthConfig, patient, plan, survives_ingest
 from service.synth.images import body_coordinates, draw_anatomy, draw_finding_params, render
 from service.synth.reports import Phrasing, mentions, write_report
+from trainer.data import load_image
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
@@ -357,7 +358,7 @@ def test_dicom_output_has_proper_tags_and_scans_through_the_service(client, app,
     assert ds.BodyPartExamined == "CHEST" and ds.PatientID == clean["patient_id"]
     assert ds.pixel_array.shape == (128, 128) and 0 < int(ds.pixel_array.max()) <= 4095
     assert len({ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID}) == 3
-    assert to_uint8(ds).std() > 10  # a real image after the service's windowing
+    assert np.asarray(load_image(out / clean["image"])).std() > 10  # a real image after the windowing
 
     scan = scan_folder(out, "dicom/train")
     rejected = summary.expected_ingest["train"]["rejected"]

@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
 
 from trainer.model import IMAGENET_MEAN, IMAGENET_STD
 
@@ -277,32 +276,6 @@ def collate(loaded: Sequence[LoadedItem], tokenizer: Any, max_tokens: int = 256,
         indices=[x.index for x in ok],
         reports=reports,
     )
-
-
-class ManifestDataset(Dataset[LoadedItem]):
-    """Map-style dataset over manifest items ``{sample_id, external_id, image_uri, report}``.
-
-    Items resolve against ``root``; a URI escaping it is refused like an unreadable image. Use with a DataLoader and
-    ``collate_fn=dataset.collate``, or call :func:`encode_batch` for one manifest at a time.
-    """
-
-    def __init__(
-        self, items: Sequence[Any], root: Path, transform: ImageTransform, tokenizer: Any, max_tokens: int = 256
-    ) -> None:
-        self.items = list(items)
-        self.root = Path(root)
-        self.transform = transform
-        self.tokenizer = tokenizer
-        self.max_tokens = max_tokens
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int) -> LoadedItem:
-        return load_item(index, self.items[index], self.root, self.transform)
-
-    def collate(self, loaded: Sequence[LoadedItem]) -> Batch:
-        return collate(loaded, self.tokenizer, self.max_tokens, self.transform.image_size)
 
 
 def encode_batch(

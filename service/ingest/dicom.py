@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import numpy as np
 from pydicom import Dataset, dcmread
 from pydicom.errors import InvalidDicomError
 
@@ -134,21 +133,6 @@ def check_pixels(fp: BinaryIO) -> Dataset:
     except Exception as exc:  # pydicom and the decoder plugins raise many types; all mean "unreadable"
         raise DicomProblem(f"pixel data does not decode: {type(exc).__name__}: {exc}") from exc
     return ds
-
-
-def to_uint8(ds: Dataset) -> np.ndarray:
-    """Display pixels for a grey-scale radiograph: modality LUT, VOI LUT / window, MONOCHROME1 inverted."""
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
-
-    pixels = ds.pixel_array
-    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
-        pixels = pixels[0]
-    values = apply_voi_lut(apply_modality_lut(pixels, ds), ds).astype(np.float64)
-    lo, hi = float(values.min()), float(values.max())
-    scaled = (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
-    if ds.get("PhotometricInterpretation") == "MONOCHROME1":  # 0 is white in MONOCHROME1
-        scaled = 1.0 - scaled
-    return np.rint(scaled * 255.0).astype(np.uint8)
 
 
 def inspect_file(
