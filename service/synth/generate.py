@@ -206,10 +206,6 @@ def patient(seed: int, index: int) -> Patient:
     return Patient(anatomy, findings)
 
 
-def patient_labels(seed: int, index: int) -> str:
-    return labels_cell(list(patient(seed, index).findings))
-
-
 # --- one sample ---------------------------------------------------------------------------------------
 
 
