@@ -26,6 +26,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 # the pinned locks the Docker images install: cpu.txt from this venv (offline), gpu.txt resolved on PyPI
 requirements: $(STAMP)
