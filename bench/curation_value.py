@@ -1,6 +1,6 @@
-"""Curation value (issue 6): does CheXficient curation buy its compute savings without losing accuracy?
+"""Curation value: does CheXficient curation buy its compute savings without losing accuracy?
 
-Run: ``.venv/bin/python -m bench.curation_value`` (about 20 minutes on the 2-core dev box; ``--quick`` for a
+Run: ``.venv/bin/python -m bench.curation_value`` (about 20 minutes on two CPU cores; ``--quick`` for a
 smoke check of every path in about a minute). Results: ``--out`` (default ``.bench/curation_value``) gets
 ``results.json`` and the plots; ``--docs`` also copies the plots into ``docs/`` for ``docs/CURATION.md``.
 
@@ -15,9 +15,9 @@ and for every training seed four arms, each a run of the service trained by the 
 (c) random   a seeded random subset of the same size as (b)'s, registered as its own dataset, trained for the same
              number of epochs (so it trains on exactly as many pairs as (b): (b)'s curation epoch trains only the
              kept rows, which are its subset);
-(d) offline  SPEC §2.5: every training pair embedded once by a fixed encoder (the untrained model of the seed,
-             i.e. (b)'s warm-up encoder), bulk-uploaded, curated offline by the service, the subset exported and
-             trained like (c).
+(d) offline  curated before training: every training pair embedded once by a fixed encoder (the untrained model of
+             the seed, i.e. (b)'s warm-up encoder), bulk-uploaded, curated offline by the service, the subset
+             exported and trained like (c).
 
 Compute is counted in pair-passes: a forward pass of one pair costs 1, a backward pass 2, so a trained pair costs 3.
 The trainer's summary gives the real counts: warm-up rows (forward only), curation rows (forward with gradient on

@@ -101,7 +101,7 @@ def main() -> None:
             f"Budget: engine selection <= {BUDGET}x the straightforward loop (torch.cdist + torch.quantile + Python "
             "FPS loop per prototype, structured like the authors' `_select_samples`; `bench/baseline.py`) on "
             "identical arrays: long-tailed synthetic curation features "
-            "(`workers/synthetic.py`), k-means prototypes from 4,096 warm-up rows; median over "
+            "(`service/synth/embeddings.py`), k-means prototypes from 4,096 warm-up rows; median over "
             f"{args.batches} super-batches x {args.repeats} interleaved calls; both on 2 threads.",
             "",
             "| size | engine select (ms) | loop select (ms) | ratio | P1 | keep-mask agreement | engine update (ms) "

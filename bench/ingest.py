@@ -94,8 +94,8 @@ def raw_copy(url: str, run_id: int, ids: np.ndarray, emb: np.ndarray) -> float:
 
 
 def http_upload(base: str, token: str, run_id: int, body: bytes, url: str) -> float:
-    """POST the archive with the stdlib client: httpx pushes large bodies through pure-Python h11 at ~90 MB/s
-    on this box (curl and http.client send 200 MB in ~0.3 s), which would measure the client, not the service."""
+    """POST the archive with the stdlib client: httpx pushes large bodies through pure-Python h11, several times
+    slower than curl or http.client, which would measure the client, not the service."""
     with psycopg.connect(url) as conn:
         conn.execute("DELETE FROM embeddings WHERE run_id = %s", (run_id,))
         conn.commit()

@@ -162,7 +162,7 @@ def report(args: argparse.Namespace, runs: list[Measured], load: tuple[float, fl
         "`faiss.Kmeans` call on the same unit rows already in memory. Both: the same k, "
         f"{args.iterations} iterations, seed {args.seed}, {faiss.omp_get_max_threads()} FAISS threads, all "
         f"{args.rows:,} rows as training points. Medians of {args.repeats} alternating repeats per k. "
-        f"The budget is judged at the default k={head.k} (SPEC §2); larger k shown for scale.",
+        f"The budget is judged at the default k={head.k} (the paper's); larger k shown for scale.",
         "",
         "| k | bare s (min-max) | worker s (min-max) | of which read / k-means / store s | ratio | P4 | centroids |",
         "|---|---|---|---|---|---|---|",

@@ -1,4 +1,4 @@
-"""Budget P6: offline curation of 1,235,004 x 1024 float16 embeddings end to end on this box.
+"""Budget P6: offline curation of 1,235,004 x 1024 float16 embeddings end to end on one machine.
 
 Run: ``.venv/bin/python -m bench.offline [--rows 1235004]``. Needs the local Postgres; creates (and drops)
 its own database. What is timed, on the P6 clock, is what an operator does once the samples are registered
@@ -6,12 +6,12 @@ and the encoder has produced its embeddings:
 
 1. ingest: create the run (``POST /v1/runs``), upload the embeddings as ``.npz`` parts over HTTP
    (``POST /v1/runs/{id}/embeddings``) to a real uvicorn process;
-2. curate: ``workers.jobs.run_offline_curation`` in a fresh process, as a worker runs it (read the stored
+2. curate: ``service.jobs.offline.run_offline_curation`` in a fresh process, as a worker runs it (read the stored
    embeddings, k-means, selection, decisions written);
 3. export: ``GET /v1/runs/{id}/subset`` streamed to a JSONL file (kept sample ids and bands).
 
 Before the clock: the samples are registered with COPY (as ``bench.ingest`` does) and the embeddings are
-generated (``workers.synthetic.long_tailed_embeddings``, clustered and long-tailed, one set of finding
+generated (``service.synth.embeddings.long_tailed_embeddings``, clustered and long-tailed, one set of finding
 centres, one chunk per seed) into ``.npz`` files, standing in for the encoder. Peak RSS (VmHWM) is read
 from /proc for every process: this one, the uvicorn server, the job and the generators.
 """
@@ -275,7 +275,7 @@ def report(args: argparse.Namespace, m: Measured) -> tuple[str, str]:
         f"Budget: {PAPER_ROWS:,} x 1024 float16 embeddings, ingest -> k-means -> selection -> subset export on "
         f"this 2-core box in <= {WALL_BUDGET_S / 60:.0f} min wall time and <= {RSS_BUDGET_BYTES / gb:.0f} GB "
         "peak RSS (VmHWM of every process of the pipeline). Measured: "
-        f"{args.rows:,} x {args.dim} rows, clustered and long-tailed (`workers/synthetic.py`: 12 findings from "
+        f"{args.rows:,} x {args.dim} rows, clustered and long-tailed (`service/synth/embeddings.py`: 12 findings from "
         f"~40 % to ~0.15 %, ~30 % near-duplicate follow-ups, ~3 % mismatched pairs; one set of finding centres, "
         f"{len(m.notes['parts'])} parts of {args.part_rows:,} rows with their own seeds). Real processes on "
         "loopback: uvicorn (one worker) and Postgres 15 (shared_buffers 128 MB); the job runs in a fresh "

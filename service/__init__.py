@@ -1,1 +1,4 @@
-"""chexcurate service: the command line now; the FastAPI data plane builds on it (SPEC §3)."""
+"""chexcurate: the curation service's domain (runs, storage, jobs, the engine) with its API and command line.
+
+Layers and what may import what: docs/DESIGN.md.
+"""

@@ -1,4 +1,4 @@
-"""Summaries of a curated subset: label enrichment and shares of flagged rows (SPEC §3 admin stats)."""
+"""Summaries of a curated subset: label enrichment and shares of flagged rows (the admin statistics, the demo)."""
 
 from __future__ import annotations
 

@@ -85,7 +85,7 @@ class Run(Base):
     checkpoint_step: Mapped[int | None] = mapped_column(BigInteger)
     progress: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    #: the failing step that stops the run, or counts towards stopping it (service.failures); None when healthy
+    #: the failing step that stops the run, or counts towards stopping it (runs.failures); None when healthy
     error: Mapped[dict[str, Any] | None] = mapped_column(NullableJson, default=None)
 
 
@@ -181,7 +181,7 @@ class Decision(Base):
     manifest_id: Mapped[str] = mapped_column(String(36))
     prototype: Mapped[int] = mapped_column(SmallInteger)
     distance: Mapped[float] = mapped_column(Float)
-    band: Mapped[int] = mapped_column(SmallInteger)  # workers.curation.Band code
+    band: Mapped[int] = mapped_column(SmallInteger)  # service.curation.Band code
     kept: Mapped[bool] = mapped_column(Boolean)
     prototype_version: Mapped[int] = mapped_column(Integer)
 

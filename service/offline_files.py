@@ -1,4 +1,4 @@
-"""Files around offline curation: the bulk ``.npz`` embedding format (SPEC §3) and subset exports."""
+"""Files around offline curation: the bulk ``.npz`` embedding format and subset exports."""
 
 from __future__ import annotations
 

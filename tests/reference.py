@@ -1,6 +1,7 @@
-"""A plain per-prototype loop implementing SPEC §2.2 and §2.3 literally, in float64, for checking the engine.
+"""A plain per-prototype loop implementing the selection and the update rules
+(docs/ENGINE.md) literally, in float64, for checking the engine.
 
-It shares no code with ``workers.curation``; only the documented random stream is mirrored
+It shares no code with the engine (``service.curation``); only the documented random stream is mirrored
 (FPS starts: ``rng.random(K)``, member ``floor(u_k * n_k)``; random sampler: ``rng.random(B)`` row keys).
 """
 
@@ -80,7 +81,7 @@ def reference_fps(points, m, start, ids):
 
 
 def reference_update(prototypes, kept, *, decay, epsilon, iterations):
-    """SPEC §2.3 with an explicit per-prototype loop for the means."""
+    """The Sinkhorn-balanced EMA update with an explicit per-prototype loop for the means."""
     p = np.asarray(prototypes, dtype=np.float64)
     f = np.asarray(kept, dtype=np.float64)
     q = np.exp(f @ p.T / epsilon).T

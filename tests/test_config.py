@@ -1,4 +1,4 @@
-"""``CurationConfig`` holds the SPEC §2 defaults and rejects inconsistent knobs."""
+"""``CurationConfig`` holds the paper's defaults and rejects inconsistent knobs."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Prototype refresh from stored embeddings (workers.jobs.kmeans) and the fast reader under it."""
+"""Prototype refresh from stored embeddings (service.runs.prototypes) and the one reader under it."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The offline curation job over stored embeddings (SPEC §2.5) on the real Postgres, and on SQLite."""
+"""The offline curation job over stored embeddings on the real Postgres, and on SQLite."""
 
 from __future__ import annotations
 

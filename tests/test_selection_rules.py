@@ -1,4 +1,4 @@
-"""SPEC §2.2 rules and edge cases of ``select_batch`` on hand-built batches."""
+"""The selection rules (docs/ENGINE.md) and edge cases of ``select_batch`` on hand-built batches."""
 
 from __future__ import annotations
 

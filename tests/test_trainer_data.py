@@ -143,7 +143,7 @@ def test_path_escape_is_refused(tmp_path: Path) -> None:
     outside = tmp_path / "secret.png"
     Image.new("L", (8, 8), 3).save(outside)
     (root / "a" / "link.png").symlink_to(outside)
-    # SPEC §4: no ``..`` at all, even one that would stay inside; no absolute paths; no symlink out
+    # as the service's ingest: no ``..`` at all, even one that would stay inside; no absolute paths; no symlink out
     for uri in ("../secret.png", "a/../../secret.png", "a/../a/x.png", str(outside), "a/link.png", ""):
         with pytest.raises(PathEscape):
             resolve_image_path(root, uri)

@@ -1,4 +1,4 @@
-"""The real trainer against the production topology, as separate processes (SPEC §3, §6).
+"""The real trainer against the production topology, as separate processes.
 
 uvicorn + one Celery worker (both queues) on a scratch Postgres database and Redis db 12, 48 real chest X-ray
 PNGs, and ``chexcurate-train train`` (tiny model, CPU) as a subprocess. One test trains a run to the end; the
@@ -39,7 +39,7 @@ from tests.test_ingest_api import COVID, _labelled_images
 PER_LABEL = 24
 #: 48 pairs: warm-up 16, six curation steps of 8, then the subset epochs
 CONFIG = {"k": 2, "warmup_samples": 16, "batch_size": 8, "epochs": 2, "curation_epochs": 1, "max_central": 2}
-#: defaults of the two quantiles the config leaves alone (workers.curation.CurationConfig)
+#: defaults of the two quantiles the config leaves alone (service.curation.CurationConfig)
 SUPPORT_QUANTILE = 0.85
 TRAINER = str(Path(sys.executable).parent / "chexcurate-train")
 TRAIN_TIMEOUT = 600

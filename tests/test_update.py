@@ -1,4 +1,4 @@
-"""Sinkhorn-balanced EMA update (SPEC §2.3) against the per-prototype loop reference."""
+"""Sinkhorn-balanced EMA update against the per-prototype loop reference."""
 
 from __future__ import annotations
 

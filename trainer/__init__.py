@@ -1,1 +1,1 @@
-"""chexcurate trainer client: talks to the service over HTTP only (SPEC §1)."""
+"""chexcurate trainer client: talks to the service over HTTP only (docs/DESIGN.md)."""

@@ -1,4 +1,4 @@
-"""The training loop, driven by the service's manifests (SPEC §2–3).
+"""The training loop, driven by the service's manifests.
 
 warm-up:   encode without gradients, post f = normalize(concat(u, v)); the service runs k-means once all are in.
 curation:  forward the super-batch, post its f, get the curated batch, InfoNCE on the kept rows only.

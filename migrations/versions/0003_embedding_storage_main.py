@@ -3,10 +3,10 @@
 A 1024-d float16 embedding is 2 KB, above Postgres' default TOAST threshold (~2 KB a row), so by default the
 vector is TOASTed: compressed and moved out of line. float16 noise barely compresses, so it simply moves to the
 TOAST table, and every k-means refresh or offline read pays a second index lookup per row to fetch it back. Storage
-MAIN with a tuple target above the row size keeps it in the heap row. Measured on 19,200 rows: read 75.8 ms ->
-37.0 ms, writes unchanged, size a row 2888 -> 2765 B; on 200,000 rows the server side of the worker's binary COPY
-went 0.64 s -> 0.31 s. The price: the heap itself is now ~2.7 KB a row, not ~80 B, so a plan that scans a run's
-heap instead of probing the primary key (as the planner picks on a table never analyzed) reads ~35x more pages.
+MAIN with a tuple target above the row size keeps it in the heap row: the server side of a binary COPY read took
+about half the time, writes were unchanged, and a row is a little smaller (docs/BENCHMARKS.md, P4). The price:
+the heap itself is now ~2.7 KB a row, not ~80 B, so a plan that scans a run's heap instead of probing the primary
+key (as the planner picks on a table never analyzed) reads ~35x more pages.
 
 Both settings apply to rows written afterwards; rows already stored stay out of line until rewritten (an
 ``UPDATE`` of the vector, or ``VACUUM FULL embeddings``). PostgreSQL only: SQLite has no TOAST, so a no-op there.

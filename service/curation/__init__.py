@@ -1,6 +1,8 @@
 """The CheXficient curation engine: pure, vectorised functions over numpy arrays (no I/O, no globals).
 
-Notation follows the paper and SPEC §2: features f_i, prototypes p_k, assignment c_i, distance d_i.
+A leaf: it imports nothing of the project (docs/DESIGN.md).
+
+Notation follows the paper (docs/ENGINE.md): features f_i, prototypes p_k, assignment c_i, distance d_i.
 """
 
 from .backend import Backend, CpuBackend, TorchBackend, default_backend

@@ -1,4 +1,4 @@
-"""Training compute relative to full-data training (SPEC §2.4)."""
+"""Training compute relative to full-data training."""
 
 from __future__ import annotations
 

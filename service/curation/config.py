@@ -1,4 +1,4 @@
-"""Per-run curation knobs, with the defaults of the authors' release (SPEC §2) and upper bounds.
+"""Per-run curation knobs, with the defaults of the authors' release and upper bounds.
 
 The bounds keep every knob within what one step can hold in memory and what the run's columns store
 (docs/ERRORS.md, "Run configuration"): a super-batch of ``MAX_BATCH_SIZE`` float32 rows at D=1024 is 400 MB,

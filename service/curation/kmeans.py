@@ -1,4 +1,4 @@
-"""Warm-up prototypes: FAISS k-means on the curation features, centroids L2-normalised (SPEC §2.1)."""
+"""Warm-up prototypes: FAISS k-means on the curation features, centroids L2-normalised (docs/ENGINE.md)."""
 
 from __future__ import annotations
 

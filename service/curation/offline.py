@@ -1,4 +1,4 @@
-"""Offline curation (SPEC §2.5): k-means on a warm-up sample, then band selection over random super-batches."""
+"""Offline curation, before training: k-means on a warm-up sample, then band selection over random super-batches."""
 
 from __future__ import annotations
 

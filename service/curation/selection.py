@@ -1,4 +1,4 @@
-"""CheXficient selection on one super-batch (SPEC §2.2), vectorised over rows and prototypes."""
+"""CheXficient selection on one super-batch (docs/ENGINE.md), vectorised over rows and prototypes."""
 
 from __future__ import annotations
 
@@ -112,7 +112,7 @@ def select_batch(
                 band[density_rows(f32, sq_norms, layout, m, config.density_neighbors, backend_)] = Band.CENTRAL_KEPT
 
     keep = (band == Band.SUPPORT) | (band == Band.CENTRAL_KEPT)
-    # Unreachable with a valid config (each prototype's nearest member is central and m >= 1); SPEC §2.2 guard.
+    # Unreachable with a valid config (each prototype's nearest member is central and m >= 1): the paper's guard.
     fallback = not keep.any()
     if fallback:
         keep[:] = True

@@ -1,4 +1,4 @@
-"""Sinkhorn-balanced EMA of the prototypes after each curation step (SPEC §2.3)."""
+"""Sinkhorn-balanced EMA of the prototypes after each curation step (docs/ENGINE.md)."""
 
 from __future__ import annotations
 

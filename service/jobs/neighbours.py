@@ -3,7 +3,7 @@
 The index holds the run's unit rows f = x / ||x||, so inner product = cosine similarity.
 
 Index choice: ``IndexFlatIP`` (exact) up to ``FLAT_MAX_ROWS`` rows. A query is one pass over n x D
-float32 (1 M x 1024 = 4 GB, ~0.1-0.3 s on 2 cores), which is fine for an admin audit and needs no
+float32 (1 M x 1024 = 4 GB), which is fine for an admin audit and needs no
 training, so it is exact and rebuilds in the time of a read. Beyond that (or with ``kind="ivf"``)
 ``IndexIVFFlat`` over ~4 sqrt(n) inverted lists, trained on a seeded sample: a query scans ``nprobe``
 lists instead of all rows, at the price of approximate answers. Both sit in an ``IndexIDMap2``, so

@@ -1,4 +1,5 @@
-"""Epochs as materialised seeded permutations, leased in order with row locks (SPEC §3, design note 7).
+"""Epochs as materialised seeded permutations, leased in order with row locks (docs/DESIGN.md,
+"Exactly once").
 
 Each epoch's permutation is stored as rows (run, epoch, position, sample, state, lease, manifest). A claim
 takes the next N pending-or-expired rows with ``FOR UPDATE SKIP LOCKED``, so concurrent trainers never get

@@ -1,4 +1,4 @@
-"""Admin answers: per-run statistics (SPEC §3 "Admin")."""
+"""Admin answers: per-run statistics."""
 
 from __future__ import annotations
 

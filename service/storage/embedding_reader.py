@@ -10,8 +10,8 @@ so the server reads on several cores. A session reads in its own transaction, on
 transaction wrote (the warm-up's last embeddings, stored in the request that then runs the k-means).
 
 On Postgres the rows come through ``COPY (SELECT sample_id, vector ...) TO STDOUT (FORMAT binary)``, drained at the
-libpq level (one slice assignment per row into a preallocated buffer: psycopg's generator-based ``Copy`` costs
-~10 us a row more in Python) and parsed chunk by chunk with the record layout of ``pgcopy`` (no Python object
+libpq level (one slice assignment per row into a preallocated buffer, where psycopg's generator-based ``Copy``
+would run Python code per row) and parsed chunk by chunk with the record layout of ``pgcopy`` (no Python object
 per row); float16 is widened to float32 and normalised a chunk at a time. On SQLite the ORM reads in chunks.
 
 Refusals: a read with no rows or rows of several widths is refused before any vector is read (``check``); rows
@@ -341,8 +341,8 @@ def _row_layout(dim: int) -> np.dtype:
 def _copy_part(conn: Any, query: str, lo: int, hi: int, target: _Target, chunk_rows: int) -> None:
     """Drain one COPY into rows ``lo .. hi`` of the target; libpq hands over one row per message.
 
-    Conversion runs inline between chunks: a helper thread with double buffering measured no faster on two cores
-    (the read is CPU-bound: server backends, this loop and the conversion share the cores).
+    Conversion runs inline between chunks: a helper thread with double buffering was no faster where cores are few
+    (the read is CPU-bound: server backends, this loop and the conversion share them; docs/BENCHMARKS.md, P4).
     """
     layout = _row_layout(target.meta.dim)
     record = layout.itemsize
@@ -410,8 +410,8 @@ def _flush(raw: NDArray[np.uint8], layout: np.dtype, position: int, target: _Tar
 
 
 def _widen(out: NDArray[np.float32], half: NDArray[np.float16]) -> None:
-    """float16 -> float32 straight from the COPY buffer. torch's F16C cast is ~4x numpy's table-driven one;
-    numpy when torch is absent."""
+    """float16 -> float32 straight from the COPY buffer: torch's F16C cast is several times faster than numpy's
+    table-driven one; numpy when torch is absent."""
     torch = _torch()
     if torch is None or not half.flags.writeable:  # torch wraps writable arrays only (the ORM's are bytes)
         out[...] = half

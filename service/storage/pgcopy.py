@@ -2,8 +2,8 @@
 
 A binary COPY stream is a header, then per row a field count and per field its length and its bytes, then a
 trailer. With fixed-width fields a row is one numpy record (``row_layout``): a million rows are encoded with a
-few array assignments (``encode_rows``) and decoded with one ``frombuffer`` (the embedding reader). Per-row
-``write_row`` calls cost ~10 us each in Python; this way the database, not the formatting, bounds the rate.
+few array assignments (``encode_rows``) and decoded with one ``frombuffer`` (the embedding reader), where per-row
+``write_row`` calls would run Python code per row: this way the database, not the formatting, bounds the rate.
 """
 
 from __future__ import annotations

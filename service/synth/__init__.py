@@ -1,7 +1,7 @@
-"""``chexcurate synth``: a seeded, long-tailed, chest-X-ray-like image-report set (issue 6).
+"""``chexcurate synth``: a seeded, long-tailed, chest-X-ray-like image-report set (docs/SYNTH.md).
 
 ``findings`` holds the catalogue, ``images`` draws, ``reports`` writes the text, ``dicom`` the DICOM files
-and ``generate`` plans and writes a whole set. ``workers.synthetic`` is a different thing: embeddings only.
+and ``generate`` plans and writes a whole set. ``embeddings`` is a different thing: synthetic embeddings only.
 """
 
 from .findings import CATALOGUE, Finding
