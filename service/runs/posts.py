@@ -8,6 +8,8 @@ storage (docs/DESIGN.md, "Exactly once").
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -69,14 +71,47 @@ def apply_embeddings(
     cache: PrototypeCache | None = None,
     backend: Backend | None = None,
 ) -> dict[str, Any]:
-    """``store_embeddings``, with a failure of a curation step noted on the run: the request then gets 503 (post
-    again) until the run stops, then 409 ``run_failed`` naming the reason (``runs.failures``)."""
+    """Store the embeddings; in curation also select, update the prototypes and record the decisions. Commits,
+    and returns the answer (stored with the manifest, so a retry gets it verbatim). A failing curation step is
+    noted on the run: the request gets 503 (post again) until the run stops, then 409 ``run_failed``."""
+    with _curation_failures_noted(session, run_id, manifest_id, failure_limit):
+        run = lock_run(session, run_id)
+        manifest, expected = open_manifest(session, run, manifest_id)
+        if manifest.acked_at is not None:
+            session.rollback()
+            return dict(manifest.result or {})  # a retry: the stored answer, the EMA is not applied twice
+        ensure_runnable(run)
+        if manifest.phase == "subset":
+            raise ApiError(409, "wrong_phase", "subset-phase manifests take no embeddings: POST .../ack instead")
+        check_embeddings(arr, len(expected), run_width(session, run.id), "embeddings")
+        upsert_embeddings(session, run.id, np.asarray(expected, dtype=np.int64), arr, manifest.step)
+        if manifest.phase == "warmup":
+            result: dict[str, Any] = StoredOut(
+                manifest_id=manifest.id, phase="warmup", epoch=manifest.epoch, step=manifest.step, stored=len(expected)
+            ).model_dump()
+        else:
+            manifest.sample_ids = expected
+            result = curate_step(session, run, manifest, arr, cache, backend)
+            clear_failure(run)
+        complete(session, manifest.id)
+        manifest.acked_at, manifest.result = datetime.now(UTC), result
+        advance_if_epoch_done(session, run, init)
+        session.commit()
+        return result
+
+
+@contextmanager
+def _curation_failures_noted(session: Session, run_id: int, manifest_id: str, limit: int) -> Iterator[None]:
+    """A curated batch that fails is a failing step of the run (``runs.failures``): noted on the run in a
+    transaction of its own, and answered 503 (post again) or, once the run stopped, 409 ``run_failed``. The
+    request's own problems (shape, lease, phase) and the database's are not the run's: they pass through."""
     try:
-        return store_embeddings(session, run_id, manifest_id, arr, init, cache, backend)
+        yield
+        return
     except StepFailure as exc:
         failure: Exception = exc
     except ApiError:
-        raise  # the request's own problem (shape, lease, phase): nothing to note on the run
+        raise
     except Exception as exc:
         if is_infrastructure(exc):
             raise
@@ -87,45 +122,9 @@ def apply_embeddings(
     if manifest is None or manifest.phase != "curation":  # only a curated batch is a step of the run's own
         session.rollback()
         raise failure
-    record_failure(run, STEP_CURATE, failure, failure_limit)
+    record_failure(run, STEP_CURATE, failure, limit)
     session.commit()
     raise failed_step_answer(run) from failure
-
-
-def store_embeddings(
-    session: Session,
-    run_id: int,
-    manifest_id: str,
-    arr: NDArray,
-    init: InitPrototypes,
-    cache: PrototypeCache | None = None,
-    backend: Backend | None = None,
-) -> dict[str, Any]:
-    """Store the embeddings; in curation also select, update the prototypes and record the decisions.
-    Commits, and returns the answer (stored with the manifest, so a retry gets it verbatim)."""
-    run = lock_run(session, run_id)
-    manifest, expected = open_manifest(session, run, manifest_id)
-    if manifest.acked_at is not None:
-        session.rollback()
-        return dict(manifest.result or {})  # a retry: the stored answer, the EMA is not applied twice
-    ensure_runnable(run)
-    if manifest.phase == "subset":
-        raise ApiError(409, "wrong_phase", "subset-phase manifests take no embeddings: POST .../ack instead")
-    check_embeddings(arr, len(expected), run_width(session, run.id), "embeddings")
-    upsert_embeddings(session, run.id, np.asarray(expected, dtype=np.int64), arr, manifest.step)
-    if manifest.phase == "warmup":
-        result: dict[str, Any] = StoredOut(
-            manifest_id=manifest.id, phase="warmup", epoch=manifest.epoch, step=manifest.step, stored=len(expected)
-        ).model_dump()
-    else:
-        manifest.sample_ids = expected
-        result = curate_step(session, run, manifest, arr, cache, backend)
-        clear_failure(run)
-    complete(session, manifest.id)
-    manifest.acked_at, manifest.result = datetime.now(UTC), result
-    advance_if_epoch_done(session, run, init)
-    session.commit()
-    return result
 
 
 def manifest_phase(session: Session, run_id: int, manifest_id: str) -> tuple[str, dict[str, Any] | None]:

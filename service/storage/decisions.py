@@ -26,35 +26,6 @@ DECISION_COLUMNS = (
 DECISION_COPY = f"COPY decisions ({', '.join(DECISION_COLUMNS)}) FROM STDIN (FORMAT binary)"
 
 
-def decision_copy_payload(
-    run_id: int,
-    sample_ids: NDArray[np.int64],
-    epoch: int,
-    step: NDArray[np.int64],
-    manifest_id: str,
-    prototype: NDArray[np.integer],
-    distance: NDArray[np.floating],
-    band: NDArray[np.integer],
-    kept: NDArray[np.bool_],
-    prototype_version: int,
-) -> bytes:
-    """Decision rows in ``DECISION_COLUMNS`` order as binary COPY."""
-    mid = manifest_id.encode()
-    columns = [
-        ("run", ">i8", run_id),
-        ("sid", ">i8", sample_ids),
-        ("epoch", ">i4", epoch),
-        ("step", ">i4", step),
-        ("mid", f"S{len(mid)}", mid),
-        ("proto", ">i2", prototype),
-        ("dist", ">f8", distance),
-        ("band", ">i2", band),
-        ("kept", "u1", kept),
-        ("pv", ">i4", prototype_version),
-    ]
-    return encode_rows(columns, len(sample_ids))
-
-
 def insert_decisions(
     session: Session,
     run_id: int,
@@ -74,10 +45,20 @@ def insert_decisions(
         return
     steps = np.broadcast_to(np.asarray(step, dtype=np.int64), sample_ids.shape)
     if is_postgres(session):
-        payload = decision_copy_payload(
-            run_id, sample_ids, epoch, steps, manifest_id, prototype, distance, band, kept, prototype_version
-        )
-        copy_in(session, DECISION_COPY, payload)
+        mid = manifest_id.encode()
+        columns = [
+            ("run", ">i8", run_id),
+            ("sid", ">i8", sample_ids),
+            ("epoch", ">i4", epoch),
+            ("step", ">i4", steps),
+            ("mid", f"S{len(mid)}", mid),
+            ("proto", ">i2", prototype),
+            ("dist", ">f8", distance),
+            ("band", ">i2", band),
+            ("kept", "u1", kept),
+            ("pv", ">i4", prototype_version),
+        ]  # DECISION_COLUMNS, as binary COPY
+        copy_in(session, DECISION_COPY, encode_rows(columns, len(sample_ids)))
         return
     columns = zip(
         sample_ids.tolist(),
