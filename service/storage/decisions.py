@@ -46,7 +46,7 @@ def insert_decisions(
     steps = np.broadcast_to(np.asarray(step, dtype=np.int64), sample_ids.shape)
     if is_postgres(session):
         mid = manifest_id.encode()
-        columns = [
+        layout = [
             ("run", ">i8", run_id),
             ("sid", ">i8", sample_ids),
             ("epoch", ">i4", epoch),
@@ -58,7 +58,7 @@ def insert_decisions(
             ("kept", "u1", kept),
             ("pv", ">i4", prototype_version),
         ]  # DECISION_COLUMNS, as binary COPY
-        copy_in(session, DECISION_COPY, encode_rows(columns, len(sample_ids)))
+        copy_in(session, DECISION_COPY, encode_rows(layout, len(sample_ids)))
         return
     columns = zip(
         sample_ids.tolist(),
