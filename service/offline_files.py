@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from service.curation import BAND_LABELS, CurationConfig, OfflineCuration
+from .curation import BAND_LABELS, CurationConfig, OfflineCuration
 
 EXPORT_SUFFIXES = (".jsonl", ".csv")
 

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 import numpy as np
 from numpy.typing import NDArray
 
-from service.curation import BAND_LABELS
+from .curation import BAND_LABELS
 
 BAND_COLOURS = ("#c0392b", "#27ae60", "#2980b9", "#95a5a6")  # outlier, support, central kept, central dropped
 

@@ -13,12 +13,11 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.stats_plot import band_figure_png
-
 from .. import stats
 from ..db import is_postgres
 from ..runs.access import load_run
 from ..schemas.admin import ExportFormat, RunStats
+from ..stats_plot import band_figure_png
 from .deps import AdminDep, RunId, SessionDep
 
 router = APIRouter(prefix="/v1/runs", tags=["admin"])

@@ -13,7 +13,8 @@ from sqlalchemy.orm import Session
 
 from ..curation import CurationConfig
 from ..errors import ApiError
-from ..models import Dataset, EpochItem, Run, RunExclusion
+from ..ingest import load_dataset
+from ..models import EpochItem, Run, RunExclusion
 from ..runs.access import load_run, lock_run
 from ..runs.exclusions import check_in_dataset, exclude_from_run
 from ..runs.failures import clear_failure
@@ -28,8 +29,7 @@ router = APIRouter(prefix="/v1/runs", tags=["runs"])
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=RunOut)
 def create_run(body: RunCreate, session: SessionDep, _: AdminDep) -> Run:
     """Create a run over a dataset's accepted samples; its warm-up epoch is ready to hand out at once."""
-    if session.get(Dataset, body.dataset_id) is None:
-        raise ApiError(404, "unknown_dataset", f"dataset {body.dataset_id} does not exist")
+    load_dataset(session, body.dataset_id)
     try:
         config = CurationConfig(**body.config)
     except ValidationError as exc:

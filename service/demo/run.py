@@ -77,7 +77,7 @@ class DemoOptions:
 
 def run_demo(options: DemoOptions, say: Callable[[str], None]) -> dict[str, Any]:
     """The whole demo; returns the summary (the caller prints it)."""
-    from service.synth import generate
+    from ..synth import generate
 
     out = options.out_dir
     out.mkdir(parents=True, exist_ok=True)

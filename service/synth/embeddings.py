@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from service.curation import curation_features
+from ..curation import curation_features
 
 FINDINGS = (
     "no finding",
