@@ -1,8 +1,10 @@
-# syntax=docker/dockerfile:1
 # Two images from one file, both installing exactly the pinned requirements (pip --no-deps):
 #   docker build --target cpu -t chexcurate:cpu .   API, CPU workers, migrations, the CLI   (requirements/cpu.txt)
 #   docker build --target gpu -t chexcurate:gpu .   GPU workers and the trainer (CUDA)       (requirements/gpu.txt)
 # Regenerate the locks with `make requirements` (requirements/lock.py says how each is made).
+# Plain Dockerfile syntax (no `# syntax=` frontend to pull), so BuildKit and the classic builder both build it.
+# Without an image registry: deploy/local-images.sh builds a Debian stand-in for PYTHON_IMAGE and compose.local.yml
+# passes it in (docs/OPERATIONS.md, "Without an image registry").
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 # torch's CUDA libraries come from its pinned pip wheels (CUDA 13, see requirements/gpu.txt); the base image only
 # supplies the driver-facing setup (NVIDIA_* env, compat libs). Needs an NVIDIA driver >= 580 on the host.
@@ -24,10 +26,16 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_
     NUMBA_CACHE_DIR=/tmp/numba MPLCONFIGDIR=/tmp/matplotlib
 
 FROM cpu-base AS cpu-build
-RUN python -m venv /opt/venv
+RUN python3 -m venv /opt/venv
+# deploy/wheels/ holds wheels a host supplies itself (git-ignored; deploy/local-images.sh puts the pinned CPU torch
+# there for hosts that cannot reach the PyTorch index). Copied before the lock, so a pin change keeps this layer.
+COPY deploy/wheels/ /tmp/wheels/
 COPY requirements/cpu.txt /tmp/requirements.txt
-# torch's CPU build only exists on the PyTorch CPU index; install it from there first, then the rest of the lock
-RUN pip install --no-deps --index-url https://download.pytorch.org/whl/cpu "$(grep '^torch==' /tmp/requirements.txt)" \
+# torch's CPU build only exists on the PyTorch CPU index: install it from deploy/wheels/ when the pinned wheel is
+# there, else from that index; then the rest of the lock from PyPI
+RUN torch="$(grep '^torch==' /tmp/requirements.txt)" \
+ && { pip install --no-deps --no-index --find-links /tmp/wheels "$torch" \
+      || pip install --no-deps --index-url https://download.pytorch.org/whl/cpu "$torch"; } \
  && pip install --no-deps -r /tmp/requirements.txt
 COPY --from=source /app /app
 # editable, so `chexcurate db upgrade` finds /app/migrations next to the package
