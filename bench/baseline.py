@@ -4,7 +4,7 @@ It has the structure of the authors' release (``CheXficient._select_samples``): 
 prototypes, one loop over prototypes taking ``torch.quantile`` of the masked distances for the bands, a
 second loop capping each crowded central band with a Python farthest-point loop; the prototype update
 loops over prototypes for the weighted means. Written here from that description, with the engine's FPS
-start (``floor(u_k * n_k)``) so the keep masks can be compared.
+start (``floor(u_k * n_k)``) so the keep masks can be compared. It runs on the device of its tensors.
 """
 
 from __future__ import annotations
@@ -49,11 +49,11 @@ def loop_select(
 
 def farthest_point_sampling(x: torch.Tensor, n_samples: int, start: int) -> torch.Tensor:
     selected = [start]
-    dists = torch.full((x.shape[0],), float("inf"))
+    dists = torch.full((x.shape[0],), float("inf"), device=x.device)
     for _ in range(1, n_samples):
         dists = torch.minimum(dists, torch.norm(x - x[selected[-1]].unsqueeze(0), dim=1))
         selected.append(int(torch.argmax(dists).item()))
-    return torch.tensor(selected)
+    return torch.tensor(selected, device=x.device)
 
 
 def loop_update(

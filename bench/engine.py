@@ -6,54 +6,74 @@ Run: ``make bench`` or ``.venv/bin/python -m bench.engine``. Writes the P1 secti
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
 from bench.baseline import loop_select, loop_update
 from bench.report import interleaved_medians, write_section
-from workers.curation import CurationConfig, init_prototypes, select_batch, update_prototypes
+from workers.curation import Backend, CpuBackend, CurationConfig, init_prototypes, select_batch, update_prototypes
 from workers.synthetic import long_tailed_embeddings
 
 BUDGET = 0.25
 SIZES = ((640, 1024, 6), (2560, 1024, 64))
 
 
-def measure(batch: int, dim: int, k: int, batches: int, repeats: int) -> dict[str, float]:
+def measure(
+    batch: int,
+    dim: int,
+    k: int,
+    batches: int,
+    repeats: int,
+    device: str = "cpu",
+    engines: dict[str, Backend] | None = None,
+) -> dict[str, float]:
+    """Median ms of each engine (default: the CPU backend, as ``engine``) and of the loop on ``device``.
+
+    Keys: ``{name}_ms`` and ``{name}_update_ms`` per engine, ``loop_ms``, ``loop_update_ms``, and the keep-mask
+    ``agreement`` of the first engine with the loop.
+    """
+    engines = engines or {"engine": CpuBackend()}
+    first = next(iter(engines))
     synth = long_tailed_embeddings(batch * batches + 4096, dim, seed=1)
     feats = synth.features
     config = CurationConfig(k=k, warmup_samples=4096)
     protos = init_prototypes(feats[:4096], k, seed=0)
     pool = feats[4096:]
-    sel_engine, sel_loop, upd_engine, upd_loop, agree = [], [], [], [], []
+    times: dict[str, list[float]] = {}
+    agree = []
     for b in range(batches):
         f = np.ascontiguousarray(pool[b * batch : (b + 1) * batch])
-        tf, tp = torch.from_numpy(f), torch.from_numpy(protos)
+        tf, tp = torch.from_numpy(f).to(device), torch.from_numpy(protos).to(device)
         starts = np.random.default_rng((0, b)).random(k)
-        engine_keep = select_batch(f, protos, config, seed=(0, b)).keep
-        agree.append(float((engine_keep == loop_select(tf, tp, starts).numpy()).mean()))
+        engine_keep = select_batch(f, protos, config, (0, b), engines[first]).keep
+        agree.append(float((engine_keep == loop_select(tf, tp, starts).cpu().numpy()).mean()))
         kept = f[engine_keep]
-        tk = torch.from_numpy(kept)
-        t = interleaved_medians(
-            {
-                "engine": lambda f=f, b=b: select_batch(f, protos, config, seed=(0, b)),
-                "loop": lambda tf=tf, tp=tp, s=starts: loop_select(tf, tp, s),
-                "engine_update": lambda kept=kept: update_prototypes(protos, kept, config),
-                "loop_update": lambda tk=tk, tp=tp: loop_update(tp, tk),
-            },
-            repeats,
-        )
-        sel_engine.append(t["engine"])
-        sel_loop.append(t["loop"])
-        upd_engine.append(t["engine_update"])
-        upd_loop.append(t["loop_update"])
-    return {
-        "engine_ms": 1e3 * float(np.median(sel_engine)),
-        "loop_ms": 1e3 * float(np.median(sel_loop)),
-        "engine_update_ms": 1e3 * float(np.median(upd_engine)),
-        "loop_update_ms": 1e3 * float(np.median(upd_loop)),
-        "agreement": float(np.mean(agree)),
-    }
+        tk = torch.from_numpy(kept).to(device)
+        calls: dict[str, Callable[[], object]] = {}
+        for name, backend in engines.items():  # the engines take and give host arrays: their copies are timed
+            calls[name] = lambda f=f, b=b, be=backend: select_batch(f, protos, config, (0, b), be)
+            calls[f"{name}_update"] = lambda kept=kept, be=backend: update_prototypes(protos, kept, config, be)
+        calls["loop"] = synced(lambda tf=tf, tp=tp, s=starts: loop_select(tf, tp, s), device)
+        calls["loop_update"] = synced(lambda tk=tk, tp=tp: loop_update(tp, tk), device)
+        for name, t in interleaved_medians(calls, repeats).items():
+            times.setdefault(name, []).append(t)
+    out = {f"{name}_ms": 1e3 * float(np.median(t)) for name, t in times.items()}
+    return {**out, "agreement": float(np.mean(agree))}
+
+
+def synced(fn: Callable[[], object], device: str) -> Callable[[], object]:
+    """``fn`` that returns only once the device has finished its queued work (CUDA kernels run asynchronously)."""
+    if not device.startswith("cuda"):
+        return fn
+
+    def call() -> object:
+        out = fn()
+        torch.cuda.synchronize(device)
+        return out
+
+    return call
 
 
 def main() -> None:

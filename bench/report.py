@@ -56,3 +56,11 @@ def write_section(key: str, body: str) -> None:
     pattern = re.compile(rf"<!-- {key}:begin -->.*?<!-- {key}:end -->", re.S)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
     BENCHMARKS.write_text(text)
+
+
+def recorded(key: str, pattern: str) -> float | None:
+    """A figure recorded in section ``key`` of docs/BENCHMARKS.md: the first group of ``pattern`` (multi-line)."""
+    text = BENCHMARKS.read_text() if BENCHMARKS.exists() else ""
+    section = re.search(rf"<!-- {key}:begin -->(.*?)<!-- {key}:end -->", text, re.S)
+    found = re.search(pattern, section.group(1), re.M) if section else None
+    return float(found.group(1)) if found else None

@@ -17,7 +17,8 @@ from workers.curation import (
     update_prototypes,
 )
 
-CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+#: the CUDA cases: ``pytest -m gpu`` selects them (bench/gpu_pass.py runs them on a device machine)
+CUDA = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")]
 
 
 def unit(x: np.ndarray) -> np.ndarray:

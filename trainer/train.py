@@ -153,13 +153,16 @@ class MetricsLog:
 class Trainer:
     """State of one training process; :func:`train` runs it."""
 
-    def __init__(self, config: TrainConfig, world: World, client: ServiceClient | None) -> None:
+    def __init__(
+        self, config: TrainConfig, world: World, client: ServiceClient | None, model: ClipModel | None = None
+    ) -> None:
+        """``model``: an already built model to train instead of ``config.model``'s preset."""
         self.cfg, self.world, self.client = config, world, client
         self.device = torch.device(config.device or "cpu")
         if config.amp == "fp16" and self.device.type != "cuda":
             raise ValueError("fp16 AMP needs a CUDA device; use --amp bf16 or off on CPU")
         torch.manual_seed(config.seed)
-        self.model: ClipModel = build_model(config.model).to(self.device)
+        self.model: ClipModel = (model or build_model(config.model)).to(self.device)
         self.net: nn.Module = self.model
         if world.size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
