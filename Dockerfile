@@ -37,13 +37,13 @@ RUN torch="$(grep '^torch==' /tmp/requirements.txt)" \
  && { pip install --no-deps --no-index --find-links /tmp/wheels "$torch" \
       || pip install --no-deps --index-url https://download.pytorch.org/whl/cpu "$torch"; } \
  && pip install --no-deps -r /tmp/requirements.txt
+
+# the locked dependencies first and the source on top, so a code change rebuilds the last small layers only
+FROM cpu-base AS cpu
+COPY --from=cpu-build /opt/venv /opt/venv
 COPY --from=source /app /app
 # editable, so `chexcurate db upgrade` finds /app/migrations next to the package
 RUN cd /app && pip install --no-deps --no-build-isolation -e . && pip check
-
-FROM cpu-base AS cpu
-COPY --from=cpu-build /opt/venv /opt/venv
-COPY --from=cpu-build /app /app
 USER 10001:10001
 WORKDIR /data
 # the API's liveness; docker-compose.yml gives the worker services a broker ping instead
@@ -72,13 +72,14 @@ FROM gpu-base AS gpu-build
 RUN python3.11 -m venv /opt/venv
 COPY requirements/gpu.txt /tmp/requirements.txt
 # PyPI's Linux torch wheel is the CUDA build; its NVIDIA libraries and triton are pinned in the lock
+# faiss-gpu-cu12 brings its own CUDA 12 runtime and cuBLAS wheels beside torch's CUDA 13 ones (docs/OPERATIONS.md,
+# "The CUDA image's torch and FAISS")
 RUN pip install --no-deps -r /tmp/requirements.txt
-COPY --from=source /app /app
-RUN cd /app && pip install --no-deps --no-build-isolation -e . && pip check
 
 FROM gpu-base AS gpu
 COPY --from=gpu-build /opt/venv /opt/venv
-COPY --from=gpu-build /app /app
+COPY --from=source /app /app
+RUN cd /app && pip install --no-deps --no-build-isolation -e . && pip check
 USER 10001:10001
 WORKDIR /data
 # the GPU image is healthy while the driver initialises (docker-compose.yml adds a broker ping for workers)

@@ -180,7 +180,9 @@ def test_dockerfile_stages_user_healthcheck_and_locked_install() -> None:
         build = " ".join(lineage(stages, f"{target}-build"))
         assert f"COPY {lock} " in build
         assert re.search(r"pip install --no-deps -r /tmp/requirements.txt", build), target
-        assert "pip install --no-deps --no-build-isolation -e ." in build and "pip check" in build
+        assert f"COPY --from={target}-build /opt/venv /opt/venv" in final
+        image = " ".join(final)
+        assert "pip install --no-deps --no-build-isolation -e ." in image and "pip check" in image
 
 
 def lock(name: str) -> dict[str, str]:

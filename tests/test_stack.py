@@ -16,6 +16,7 @@ the bounds the run's configuration allows, and the subset export.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -32,20 +33,18 @@ from pathlib import Path
 
 import httpx
 import pytest
-import redis
 import yaml
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.db import make_engine, session_factory
 from service.launcher import StackSpec, free_port, stack, start_worker
-from tests.conftest import REDIS_URL, scratch_database
+from tests.conftest import scratch_database
 from tests.runs_helpers import labelled_run
+from tests.servers import PrivateRedis
 from tests.test_ingest_api import COVID, _labelled_images
 from tests.test_trainer_e2e import CONFIG, E2E, PER_LABEL, check_exactly_once, check_stats
 
 ROOT = Path(__file__).resolve().parent.parent
-#: a separate Redis database from the other process tests (db 15), so they can run side by side
-STACK_REDIS = REDIS_URL.rsplit("/", 1)[0] + "/14"
 TRAIN_TIMEOUT = 900
 #: the long-running compose services of the CPU topology; each must turn healthy by its own healthcheck
 COMPOSE_SERVICES = ["postgres", "redis", "api", "worker-cpu"]
@@ -87,12 +86,23 @@ def cli_token(command: list[str], env: dict[str, str], role: str, runs: list[int
 
 
 @contextlib.contextmanager
+def private_broker(tmp_path: Path) -> Iterator[str]:
+    """A redis-server of this test's own: with a shared Redis database, another run's worker (another checkout
+    testing on the same box) could take this stack's tasks while its own worker is down."""
+    broker = PrivateRedis(tmp_path)
+    broker.start()
+    try:
+        yield broker.url
+    finally:
+        broker.kill()
+
+
+@contextlib.contextmanager
 def processes(tmp_path: Path) -> Iterator[Deployment]:
-    redis.Redis.from_url(STACK_REDIS).flushdb()
-    with scratch_database(migrate=False) as db_url:
+    with scratch_database(migrate=False) as db_url, private_broker(tmp_path) as broker:
         env = {
             "CHEX_DATABASE_URL": db_url,
-            "CHEX_BROKER_URL": STACK_REDIS,
+            "CHEX_BROKER_URL": broker,
             "CHEX_CURATION_WAIT_SECONDS": "10",
             "CHEX_INIT_REDRIVE_SECONDS": "5",
         }
@@ -173,6 +183,8 @@ class ComposeImages:
     gpu: bool
     #: the images the stack's services run
     images: list[str]
+    #: the app image tags (this checkout's own: test runs of other checkouts on one engine keep theirs)
+    env: dict[str, str]
 
     @property
     def worker(self) -> str:
@@ -196,17 +208,35 @@ def compose_images() -> ComposeImages:
         assert built.returncode == 0, "deploy/local-images.sh failed"
     command = [*(compose_cli() or []), *[a for f in files for a in ("-f", str(f))], "--profile", "cpu"]
     gpu = has_gpu_runtime()
-    # migrate, api and worker-cpu share the CPU image: building one builds it
-    services = ["migrate", "worker-gpu"] if gpu else ["migrate"]
-    env = {**os.environ, "POSTGRES_PASSWORD": "build-only"}  # the file does not interpolate without one
-    built = subprocess.run([*command, "build", *services], env=env, cwd=ROOT, timeout=3600)
-    assert built.returncode == 0, "docker compose build failed"
+    worker = "worker-gpu" if gpu else "worker-cpu"
+    checkout = hashlib.sha256(str(ROOT).encode()).hexdigest()[:10]
+    tags = {"CHEX_IMAGE_CPU": f"chexcurate-test/{checkout}:cpu", "CHEX_IMAGE_GPU": f"chexcurate-test/{checkout}:gpu"}
+    env = {**os.environ, **tags, "POSTGRES_PASSWORD": "build-only"}  # the file does not interpolate without one
     config = subprocess.run([*command, "config"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert config.returncode == 0, config.stderr
     specs = yaml.safe_load(config.stdout)["services"]
-    worker = "worker-gpu" if gpu else "worker-cpu"
+    bases = ["PYTHON_IMAGE", "CUDA_IMAGE"] if gpu else ["PYTHON_IMAGE"]
+    pulled = [specs["postgres"]["image"], specs["redis"]["image"], *build_bases(specs["migrate"]["build"], bases)]
+    for image in pulled:
+        if docker_ok("image", "inspect", image) or docker_ok("pull", "--quiet", image):
+            continue
+        pytest.skip(f"compose launcher: {image} cannot be pulled here; compose.local.yml selects local stand-ins")
+    # migrate, api and worker-cpu share the CPU image: building one builds it
+    services = ["migrate", "worker-gpu"] if gpu else ["migrate"]
+    built = subprocess.run([*command, "build", *services], env=env, cwd=ROOT, timeout=3600)
+    assert built.returncode == 0, "docker compose build failed"
     images = sorted({specs[s]["image"] for s in ("postgres", "redis", "migrate", "api", worker)})
-    return ComposeImages(command, gpu, images)
+    return ComposeImages(command, gpu, images, tags)
+
+
+def build_bases(build: dict, names: list[str]) -> list[str]:
+    """The images a build starts FROM: the Dockerfile's base-image ARGs ``names``, as the compose build sets them."""
+    defaults = dict(re.findall(r"^ARG (\w+)=(\S+)$", (ROOT / "Dockerfile").read_text(), re.MULTILINE))
+    return [str((build.get("args") or {}).get(name, defaults[name])) for name in names]
+
+
+def docker_ok(*args: str) -> bool:
+    return subprocess.run(["docker", *args], capture_output=True, timeout=600).returncode == 0
 
 
 def container(project: str, service: str) -> str:
@@ -254,6 +284,7 @@ def compose(tmp_path: Path, images: ComposeImages) -> Iterator[Deployment]:
     password = secrets.token_urlsafe(18)
     env = {
         **os.environ,
+        **images.env,
         "COMPOSE_PROJECT_NAME": project,
         "POSTGRES_PASSWORD": password,
         "CHEX_API_PORT": str(port),
@@ -400,8 +431,9 @@ def test_images_run_unprivileged_and_carry_no_secrets(compose_images: ComposeIma
     """Every image of ours the stack runs (the app image; the local stand-ins for postgres and redis where
     compose.local.yml is in use): a non-root user, nothing secret in its layers' commands or its environment;
     the app image holds only what the Dockerfile copies (the .dockerignore keeps local state out of the context)."""
-    ours = [i for i in compose_images.images if i.startswith(("chexcurate:", "chexcurate-local/"))]
-    assert any(i.startswith("chexcurate:") for i in ours), compose_images.images
+    app = compose_images.env["CHEX_IMAGE_CPU"]
+    ours = [i for i in compose_images.images if i == app or i.startswith("chexcurate-local/")]
+    assert app in ours, compose_images.images
     for image in ours:
         config = json.loads(docker("image", "inspect", "--format", "{{json .Config}}", image))
         user = (config.get("User") or "root").split(":")[0]
@@ -409,7 +441,6 @@ def test_images_run_unprivileged_and_carry_no_secrets(compose_images: ComposeIma
         history = docker("history", "--no-trunc", "--format", "{{.CreatedBy}}", image).splitlines()
         for text in history + (config.get("Env") or []):
             assert not SECRET.search(text), f"{image}: {text[:300]}"
-    app = next(i for i in ours if i.startswith("chexcurate:"))
     listing = docker("run", "--rm", "--entrypoint", "ls", app, "-A", "/app").split()
     assert set(listing) - {"chexcurate.egg-info"} == IMAGE_APP_FILES, listing
     leaked = docker("run", "--rm", "--entrypoint", "find", app, "/app", "/data", "/tmp", "-name", ".venv",
@@ -418,9 +449,8 @@ def test_images_run_unprivileged_and_carry_no_secrets(compose_images: ComposeIma
 
 
 def test_up_command_prints_a_token_and_stops_its_children_on_ctrl_c(tmp_path: Path) -> None:
-    redis.Redis.from_url(STACK_REDIS).flushdb()
-    with scratch_database(migrate=False) as db_url:
-        env = {**os.environ, "CHEX_DATABASE_URL": db_url, "CHEX_BROKER_URL": STACK_REDIS}
+    with scratch_database(migrate=False) as db_url, private_broker(tmp_path) as broker:
+        env = {**os.environ, "CHEX_DATABASE_URL": db_url, "CHEX_BROKER_URL": broker}
         port = free_port()
         proc = subprocess.Popen(
             [sys.executable, "-m", "service.cli", "up", "--port", str(port), "--admin-token", "--loglevel", "warning"],

@@ -9,20 +9,18 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 
 import httpx
-import redis
 from sqlalchemy import func, select
 
 from service.auth import create_token
 from service.models import Decision, PrototypeVersion, Run
 from tests.runs_helpers import encode, make_dataset, npy
-from tests.servers import celery_worker, free_port, uvicorn_server
+from tests.servers import PrivateRedis, celery_worker, uvicorn_server, wait_for
 
 CONFIG = {"k": 3, "warmup_samples": 48, "batch_size": 16, "epochs": 3, "curation_epochs": 1, "max_central": 2}
 
@@ -113,13 +111,6 @@ def test_run_completes_through_worker(stack_env, client, db, admin) -> None:
     assert "init_requested_at" in db.get(Run, run_id).progress  # k-means was handed to the worker
 
 
-def wait_for(predicate, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.2)
-
-
 def test_workers_killed_around_kmeans_and_mid_curation(stack_env, client, db, admin) -> None:
     run_id, headers = new_run(client, db, admin, 96)
 
@@ -154,33 +145,6 @@ def test_workers_killed_around_kmeans_and_mid_curation(stack_env, client, db, ad
     assert not runner.is_alive()
     assert trainer.retries > 0
     assert_run_complete(db, run_id, trainer, 96)
-
-
-class PrivateRedis:
-    """A redis-server of the test's own on a free port, so restarting it leaves the shared server (and any
-    other test run using it) alone."""
-
-    def __init__(self, tmp_path) -> None:
-        self.port = free_port()
-        self.dir = tmp_path
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        args = ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no"]
-        self.proc = subprocess.Popen([*args, "--dir", str(self.dir)], stdout=subprocess.DEVNULL)
-        wait_for(self._answers, timeout=20)
-
-    def _answers(self) -> bool:
-        try:
-            return bool(redis.Redis.from_url(self.url).ping())
-        except redis.ConnectionError:
-            return False
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait()
 
 
 def test_redis_restart_is_re_driven_from_postgres(stack_env, client, db, admin, tmp_path) -> None:
