@@ -323,7 +323,7 @@ class Bench:
             dataset_id = self.dataset(data, data.rows, tag)
             run_id, summary = self.train(data, dataset_id, self.settings.run_config(seed, arm == "online"), seed, tag)
             # after the run: the pairs the trainer could read (it reports blank and undecodable images)
-            samples = self.api.samples(dataset_id)
+            samples = self.api.run_pool(dataset_id, run_id)
             if arm == "online":
                 stats = self.api.stats(run_id)
                 service_stats = {
@@ -366,7 +366,7 @@ class Bench:
             band_rates = self.band_rates(data, encoded["samples"], self.offline_bands(encoded, seed, subset_size))
             dataset_id = self.dataset(data, rows, tag)
             run_id, summary = self.train(data, dataset_id, self.settings.run_config(seed, False), seed, tag)
-        pairs = len(self.api.samples(dataset_id))
+        pairs = len(self.api.run_pool(dataset_id, run_id))
         wall = time.perf_counter() - started
         evaluation = self.evaluate(data, Path(summary.checkpoint or ""))
         passes = pair_passes(summary) + extra_passes

@@ -247,7 +247,7 @@ class CuratedBatchStandIn:
         keep[self.rng.choice(len(array), max(2, round(self.keep_ratio * len(array))), replace=False)] = True
         return {"keep": keep.tolist(), "kept": int(keep.sum()), "new_prototype_version": 1}
 
-    def report_unreadable(self, run_id: int, sample_id: int, reason: str) -> None:
+    def report_unreadable(self, run_id: int, sample_id: int, reason: str, manifest_id: str | None = None) -> None:
         raise AssertionError(f"synthetic batches have no unreadable rows ({sample_id}: {reason})")
 
 

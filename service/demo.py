@@ -147,6 +147,12 @@ class AdminApi:
             if not page["items"] or len(out) >= page["total"]:
                 return out
 
+    def run_pool(self, dataset_id: int, run_id: int) -> list[dict[str, Any]]:
+        """The accepted samples of the dataset less those left out of the run (e.g. reported unreadable by its
+        trainer): the pairs the run could use."""
+        left_out = {e["sample_id"] for e in self._json(self.http.get(f"/v1/runs/{run_id}/exclusions"))}
+        return [s for s in self.samples(dataset_id) if s["id"] not in left_out]
+
     def create_run(self, dataset_id: int, config: dict[str, Any]) -> int:
         return int(self._json(self.http.post("/v1/runs", json={"dataset_id": dataset_id, "config": config}))["id"])
 
@@ -368,7 +374,7 @@ def run_demo(options: DemoOptions, say: Callable[[str], None]) -> dict[str, Any]
         (out / "stats.png").write_bytes(api.stats_png(run_id))
         provenance, subset_rows, text = api.subset(run_id)
         (out / "subset.jsonl").write_text(text)
-        samples = api.samples(dataset_id)
+        samples = api.run_pool(dataset_id, run_id)
     kept = {r["external_id"] for r in subset_rows}
     flagged = flagged_shares(samples, kept)
 

@@ -12,6 +12,7 @@ from .auth import authenticate, require_admin, require_run_access
 from .config import Settings
 from .db import session_scope
 from .dispatch import Dispatcher
+from .limits import BIGINT_MAX, INT_MAX
 from .models import Token
 
 
@@ -28,10 +29,10 @@ def get_session(request: Request) -> Iterator[Session]:
 
 
 #: path ids are bounded to what the database columns hold, so an absurd id is a 422, not a driver error
-BIGINT_MAX = 2**63 - 1
+DatasetId = Annotated[int, Path(ge=1, le=BIGINT_MAX, description="the dataset's id")]
 RunId = Annotated[int, Path(ge=1, le=BIGINT_MAX, description="the run's id")]
 SampleId = Annotated[int, Path(ge=1, le=BIGINT_MAX, description="the sample's id")]
-StepNo = Annotated[int, Path(ge=1, le=2**31 - 1, description="the manifest's issue number within the run")]
+StepNo = Annotated[int, Path(ge=1, le=INT_MAX, description="the manifest's issue number within the run")]
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_session)]

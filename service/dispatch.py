@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 from celery.exceptions import TimeoutError as CeleryTimeout
@@ -12,6 +11,7 @@ from kombu.exceptions import OperationalError as BrokerDown
 
 from .config import Settings
 from .errors import ApiError, ServiceUnavailable
+from .lifecycle import InitPrototypes, init_or_record
 from .models import Run
 from .schemas.tasks import TaskAccepted, TaskStatus
 
@@ -34,11 +34,13 @@ class Dispatcher:
         return self.celery is None
 
     @property
-    def defer_init(self) -> Callable[[Run], None] | None:
-        """With workers: ask one for the post-warm-up k-means, again if an earlier request looks lost."""
-        if self.celery is None:
-            return None
-        return self._request_init
+    def init_prototypes(self) -> InitPrototypes:
+        """The post-warm-up k-means: with workers, asked of one (again if an earlier request looks lost or failed);
+        without, run here, a failure noted on the run."""
+        return self._init_here if self.celery is None else self._request_init
+
+    def _init_here(self, run: Run) -> None:
+        init_or_record(run, self.settings.step_failure_limit)
 
     def _request_init(self, run: Run) -> None:
         from workers.celery_app import TASK_INIT_PROTOTYPES
@@ -88,6 +90,14 @@ class Dispatcher:
         task_id = existing.decode() if isinstance(existing, bytes) else str(existing)
         return TaskAccepted(task_id=task_id, status_url=f"/v1/tasks/{task_id}")
 
+    def forget(self, key: str) -> None:
+        """Drop a ``submit_once`` key, so the next ask starts a new task."""
+        assert self.redis is not None
+        try:
+            self.redis.delete(key)
+        except Exception as exc:  # redis.ConnectionError and timeouts alike
+            raise ServiceUnavailable(f"the broker cannot be reached ({type(exc).__name__})") from exc
+
     def status(self, task_id: str) -> TaskStatus:
         assert self.celery is not None
         result = self.celery.AsyncResult(task_id)
@@ -127,5 +137,8 @@ class Dispatcher:
         except Exception as exc:  # result backend down
             raise ServiceUnavailable(f"waiting for the curation worker failed ({type(exc).__name__})") from exc
         if "error" in result:
-            raise ApiError(int(result.pop("status")), str(result.pop("error")), str(result.pop("detail")), **result)
+            status, detail = int(result.pop("status")), str(result.pop("detail"))
+            if status == 503:  # the step failed on the worker and may succeed when posted again
+                raise ServiceUnavailable(detail)
+            raise ApiError(status, str(result.pop("error")), detail, **result)
         return result

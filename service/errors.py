@@ -19,6 +19,11 @@ class ApiError(Exception):
         self.status, self.code, self.detail, self.extra = status, code, detail, extra
 
 
+class StepFailure(ApiError):
+    """The run's own state stops one of its steps (not the request that happened to run it): e.g. too few or
+    unusable stored embeddings for the warm-up k-means. Recorded on the run, which stops at once."""
+
+
 class ServiceUnavailable(Exception):
     """A dependency (database, broker, worker) is down or too slow: 503 with Retry-After."""
 

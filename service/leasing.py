@@ -85,13 +85,31 @@ def complete(session: Session, manifest_id: str) -> int:
     return int(result.rowcount)  # type: ignore[attr-defined]
 
 
-def skip_sample(session: Session, run_id: int, sample_id: int) -> None:
-    """An unreadable sample leaves every open epoch of the run (it counts as done, nobody gets it again)."""
+def skip_samples(
+    session: Session, run_ids: list[int], sample_ids: list[int], states: tuple[str, ...] = ("pending", "leased")
+) -> None:
+    """Samples left out leave the open epochs of the runs: their rows in ``states`` count as done, nobody gets
+    them again (a leased row stays with its holder unless ``states`` names it)."""
     session.execute(
         update(EpochItem)
-        .where(EpochItem.run_id == run_id, EpochItem.sample_id == sample_id, EpochItem.state != "done")
+        .where(EpochItem.run_id.in_(run_ids), EpochItem.sample_id.in_(sample_ids), EpochItem.state.in_(states))
         .values(state="done", lease_expires_at=None)
     )
+
+
+def holds_live_lease(session: Session, run_id: int, epoch: int, sample_id: int, manifest_id: str | None) -> bool:
+    """Whether the sample's row of the epoch is leased now (to ``manifest_id`` when given) and not expired."""
+    now = datetime.now(UTC)
+    where = [
+        EpochItem.run_id == run_id,
+        EpochItem.epoch == epoch,
+        EpochItem.sample_id == sample_id,
+        EpochItem.state == "leased",
+        EpochItem.lease_expires_at > now,
+    ]
+    if manifest_id is not None:
+        where.append(EpochItem.manifest_id == manifest_id)
+    return session.scalar(select(EpochItem.id).where(*where)) is not None
 
 
 def epoch_open(session: Session, run_id: int, epoch: int) -> bool:

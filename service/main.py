@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from .api import router
+from .body import BodyLimit
 from .config import Settings, get_settings
 from .db import make_engine, session_factory
 from .dispatch import Dispatcher
@@ -24,6 +25,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.sessions = session_factory(app.state.engine)
     app.state.dispatcher = Dispatcher(settings)
     install_error_handlers(app, settings.retry_after_seconds)
-    install_metrics(app)
     app.include_router(router)
+    # added before the metrics middleware, so it runs inside it and refused bodies are counted too
+    app.add_middleware(BodyLimit, limits=settings.body_limits())
+    install_metrics(app, app.state.sessions)
     return app

@@ -25,6 +25,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 BigId = BigInteger().with_variant(Integer, "sqlite")  # SQLite autoincrements only INTEGER PRIMARY KEY
 Json = JSON().with_variant(JSONB(), "postgresql")
+#: a nullable JSON column whose Python None is SQL NULL (not the JSON value null), so ``IS NULL`` finds it
+NullableJson = JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
 
 
 def utcnow() -> datetime:
@@ -82,6 +84,20 @@ class Run(Base):
     model_id: Mapped[str | None] = mapped_column(String(500))
     checkpoint_step: Mapped[int | None] = mapped_column(BigInteger)
     progress: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: the failing step that stops the run, or counts towards stopping it (service.failures); None when healthy
+    error: Mapped[dict[str, Any] | None] = mapped_column(NullableJson, default=None)
+
+
+class RunExclusion(Base):
+    """A sample left out of one run: unreadable for its trainer, or excluded by an admin repairing the run."""
+
+    __tablename__ = "run_exclusions"
+
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    sample_id: Mapped[int] = mapped_column(ForeignKey("samples.id", ondelete="CASCADE"), primary_key=True)
+    source: Mapped[str] = mapped_column(String(16))  # trainer | admin
+    reason: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

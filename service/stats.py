@@ -21,9 +21,10 @@ from workers.curation import BAND_LABELS, Band, compute_fraction
 from workers.report import enrichment_from_counts
 
 from .errors import ApiError
-from .lifecycle import run_config
+from .lifecycle import in_pool, run_config
 from .models import Decision, PrototypeVersion, Run, Sample
 from .schemas.admin import BandCounts, LabelShare, PrototypeDrift, PrototypeStats, RunStats
+from .schemas.runs import RunError
 
 #: columns of the subset export, in order
 EXPORT_COLUMNS = ("sample_id", "external_id", "image_uri", "band", "prototype", "distance", "epoch", "step")
@@ -123,9 +124,8 @@ def _label_counts(session: Session, samples: list[ColumnElement[bool]]) -> dict[
 
 
 def label_enrichment(session: Session, run: Run, samples_total: int, subset_size: int) -> dict[str, LabelShare]:
-    """Share of each label in the subset / its share in the dataset (accepted samples)."""
-    accepted = [Sample.dataset_id == run.dataset_id, Sample.status == "accepted"]
-    dataset = _label_counts(session, accepted)
+    """Share of each label in the subset / its share in the run's pool (accepted samples not left out of it)."""
+    dataset = _label_counts(session, in_pool(run))
     subset = _label_counts(session, [Sample.id.in_(kept_ids(run))])
     names = sorted(dataset)
     shares = enrichment_from_counts(
@@ -147,9 +147,7 @@ def label_enrichment(session: Session, run: Run, samples_total: int, subset_size
 
 def run_stats(session: Session, run: Run) -> RunStats:
     config = run_config(run)
-    samples_total = session.scalar(
-        select(func.count()).where(Sample.dataset_id == run.dataset_id, Sample.status == "accepted")
-    )
+    samples_total = session.scalar(select(func.count()).where(*in_pool(run)))
     seen, subset = session.execute(
         select(
             func.count(Decision.sample_id.distinct()),
@@ -181,6 +179,7 @@ def run_stats(session: Session, run: Run) -> RunStats:
         model_id=run.model_id,
         checkpoint_step=run.checkpoint_step,
         progress=dict(run.progress or {}),
+        error=RunError.model_validate(run.error) if run.error else None,
     )
 
 

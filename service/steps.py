@@ -6,7 +6,6 @@ prototype versions form one strictly increasing sequence and a retried manifest 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,9 +18,10 @@ from workers.curation import Backend
 
 from .arrays import check_embeddings
 from .bulk import upsert_embeddings
-from .errors import ApiError
+from .errors import ApiError, StepFailure
+from .failures import STEP_CURATE, clear_failure, ensure_runnable, failed_step_answer, is_infrastructure, record_failure
 from .leasing import complete, manifest_rows
-from .lifecycle import PrototypeCache, advance_if_epoch_done, curate_step, lock_run
+from .lifecycle import InitPrototypes, PrototypeCache, advance_if_epoch_done, curate_step, lock_run
 from .models import Embedding, Manifest, Run
 from .schemas.runs import StoredOut
 
@@ -54,8 +54,41 @@ def apply_embeddings(
     run_id: int,
     manifest_id: str,
     arr: NDArray,
+    init: InitPrototypes,
+    failure_limit: int,
     cache: PrototypeCache | None = None,
-    defer_init: Callable[[Run], None] | None = None,
+    backend: Backend | None = None,
+) -> dict[str, Any]:
+    """``store_embeddings``, with a failure of a curation step noted on the run: the request then gets 503 (post
+    again) until the run stops, then 409 ``run_failed`` naming the reason (``service.failures``)."""
+    try:
+        return store_embeddings(session, run_id, manifest_id, arr, init, cache, backend)
+    except StepFailure as exc:
+        failure: Exception = exc
+    except ApiError:
+        raise  # the request's own problem (shape, lease, phase): nothing to note on the run
+    except Exception as exc:
+        if is_infrastructure(exc):
+            raise
+        failure = exc
+    session.rollback()
+    run = lock_run(session, run_id)
+    manifest = session.get(Manifest, manifest_id)
+    if manifest is None or manifest.phase != "curation":  # only a curated batch is a step of the run's own
+        session.rollback()
+        raise failure
+    record_failure(run, STEP_CURATE, failure, failure_limit)
+    session.commit()
+    raise failed_step_answer(run) from failure
+
+
+def store_embeddings(
+    session: Session,
+    run_id: int,
+    manifest_id: str,
+    arr: NDArray,
+    init: InitPrototypes,
+    cache: PrototypeCache | None = None,
     backend: Backend | None = None,
 ) -> dict[str, Any]:
     """Store the embeddings; in curation also select, update the prototypes and record the decisions.
@@ -65,6 +98,7 @@ def apply_embeddings(
     if manifest.acked_at is not None:
         session.rollback()
         return dict(manifest.result or {})  # a retry: the stored answer, the EMA is not applied twice
+    ensure_runnable(run)
     if manifest.phase == "subset":
         raise ApiError(409, "wrong_phase", "subset-phase manifests take no embeddings: POST .../ack instead")
     check_embeddings(arr, len(expected), run_width(session, run.id), "embeddings")
@@ -76,9 +110,10 @@ def apply_embeddings(
     else:
         manifest.sample_ids = expected
         result = curate_step(session, run, manifest, arr, cache, backend)
+        clear_failure(run)
     complete(session, manifest.id)
     manifest.acked_at, manifest.result = datetime.now(UTC), result
-    advance_if_epoch_done(session, run, defer_init)
+    advance_if_epoch_done(session, run, init)
     session.commit()
     return result
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import tempfile
 import uuid
 from collections.abc import Iterator
 
@@ -12,6 +14,11 @@ import pytest
 
 PG_ADMIN_URL = os.environ.get("CHEX_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("CHEX_TEST_REDIS", "redis://127.0.0.1:6379/15")
+SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+#: where the tests' datasets live (pytest's tmp_path, the shared data set): every Settings the tests build, and
+#: every API or worker process they start, allows dataset roots there, as a deployment would its data mounts
+TEST_ROOTS = [tempfile.gettempdir(), os.path.realpath(SHARED_DATA)]
+os.environ.setdefault("CHEX_ALLOWED_ROOTS", json.dumps(TEST_ROOTS))
 
 
 @contextlib.contextmanager
@@ -80,9 +87,6 @@ def db(app):
     """A session on the test database, for asserting on (or counting) rows directly."""
     with app.state.sessions() as session:
         yield session
-
-
-SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 
 
 @pytest.fixture

@@ -3,8 +3,10 @@ redis-server of a test's own."""
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import redis
@@ -12,19 +14,12 @@ import redis
 from service.launcher import api_server as uvicorn_server
 from service.launcher import celery_worker, free_port
 
-__all__ = ["PrivateRedis", "celery_worker", "free_port", "uvicorn_server", "wait_for"]
-
-
-def wait_for(predicate, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.2)
+__all__ = ["PrivateRedis", "celery_worker", "free_port", "private_redis", "uvicorn_server"]
 
 
 class PrivateRedis:
-    """A redis-server of the test's own on a free port, so restarting it leaves the shared server (and any
-    other test run using it) alone."""
+    """A redis-server of the test's own on a free port: restarting it leaves the shared server alone, and no other
+    test run on the same host (another checkout's suite, using the same database numbers) shares its queues."""
 
     def __init__(self, tmp_path: Path) -> None:
         self.port = free_port()
@@ -35,7 +30,10 @@ class PrivateRedis:
     def start(self) -> None:
         args = ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no"]
         self.proc = subprocess.Popen([*args, "--dir", str(self.dir)], stdout=subprocess.DEVNULL)
-        wait_for(self._answers, timeout=20)
+        deadline = time.monotonic() + 20
+        while not self._answers():
+            assert time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.1)
 
     def _answers(self) -> bool:
         try:
@@ -47,3 +45,14 @@ class PrivateRedis:
         assert self.proc is not None
         self.proc.kill()
         self.proc.wait()
+
+
+@contextlib.contextmanager
+def private_redis(tmp_path: Path) -> Iterator[str]:
+    """A started ``PrivateRedis`` for the block; yields its URL."""
+    server = PrivateRedis(tmp_path)
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.kill()

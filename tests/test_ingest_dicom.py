@@ -261,3 +261,28 @@ def test_csv_ingest_of_dicom_images_checks_their_pixels(client, app, admin, dico
     assert body["rejected"][0]["external_id"] == "cut"
     assert body["rejected"][0]["reason"].startswith("unreadable image: pixel data does not decode")
     assert set(stored(app, dataset_id)) == {"ok"}
+
+
+@pytest.mark.filterwarnings("ignore:The value length:UserWarning")  # pydicom, reading the over-long UID back
+def test_scan_refuses_unstorable_header_values_file_by_file(client, app, admin, tmp_path: Path) -> None:
+    """A header value Postgres cannot hold (a NUL) or a UID longer than its column is that file's problem, not a
+    failed scan."""
+    root = tmp_path / "root"
+    (root / "scans").mkdir(parents=True)
+    with pytest.warns(UserWarning, match="Invalid value for VR CS"):
+        _variant(UNCR, root / "scans" / "nul.dcm", BodyPartExamined="CHEST\x00X")
+    ds = dcmread(UNCR)
+    with pytest.warns(UserWarning, match="exceeds the maximum length"):  # pydicom warns, and writes it
+        ds.SOPInstanceUID = "1." + "2" * 130
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.save_as(root / "scans" / "long_uid.dcm", enforce_file_format=True)
+    (root / "reports.csv").write_text(f"study_uid,report\n{STUDY},Study-level report: no acute findings.\n")
+    dataset_id = new_dataset(client, admin, root)
+    response = scan(client, admin, dataset_id, folder="scans", reports="reports.csv")
+    assert response.status_code == 200, response.text
+    reasons = {p["path"]: p["reason"] for p in response.json()["problems"]}
+    assert reasons == {
+        "scans/nul.dcm": "a header field contains a NUL character",
+        "scans/long_uid.dcm": "a UID is longer than 128 characters (DICOM allows 64)",
+    }
+    assert response.json()["accepted"] == 0 and stored(app, dataset_id) == {}

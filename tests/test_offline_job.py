@@ -182,7 +182,7 @@ def test_refuses_unknown_empty_and_online_runs(app, client, admin, db, dataset) 
         run_offline_curation(app.state.sessions, empty)
     assert no_rows.value.code == "no_embeddings"
     db.expire_all()
-    assert db.get(Run, empty).progress["stage"] == "failed"
+    assert db.get(Run, empty).progress == {}  # refused before the job starts: nothing written
 
     online = new_run(client, admin, dataset)
     db.add(

@@ -40,7 +40,7 @@ from service.db import make_engine, session_factory
 from service.launcher import StackSpec, free_port, stack, start_worker
 from tests.conftest import scratch_database
 from tests.runs_helpers import labelled_run
-from tests.servers import PrivateRedis
+from tests.servers import private_redis
 from tests.test_ingest_api import COVID, _labelled_images
 from tests.test_trainer_e2e import CONFIG, E2E, PER_LABEL, check_exactly_once, check_stats
 
@@ -86,20 +86,9 @@ def cli_token(command: list[str], env: dict[str, str], role: str, runs: list[int
 
 
 @contextlib.contextmanager
-def private_broker(tmp_path: Path) -> Iterator[str]:
-    """A redis-server of this test's own: with a shared Redis database, another run's worker (another checkout
-    testing on the same box) could take this stack's tasks while its own worker is down."""
-    broker = PrivateRedis(tmp_path)
-    broker.start()
-    try:
-        yield broker.url
-    finally:
-        broker.kill()
-
-
-@contextlib.contextmanager
 def processes(tmp_path: Path) -> Iterator[Deployment]:
-    with scratch_database(migrate=False) as db_url, private_broker(tmp_path) as broker:
+    # a redis-server of its own: a shared database number would share queues with any other suite on the host
+    with private_redis(tmp_path) as broker, scratch_database(migrate=False) as db_url:
         env = {
             "CHEX_DATABASE_URL": db_url,
             "CHEX_BROKER_URL": broker,
@@ -449,7 +438,7 @@ def test_images_run_unprivileged_and_carry_no_secrets(compose_images: ComposeIma
 
 
 def test_up_command_prints_a_token_and_stops_its_children_on_ctrl_c(tmp_path: Path) -> None:
-    with scratch_database(migrate=False) as db_url, private_broker(tmp_path) as broker:
+    with private_redis(tmp_path) as broker, scratch_database(migrate=False) as db_url:
         env = {**os.environ, "CHEX_DATABASE_URL": db_url, "CHEX_BROKER_URL": broker}
         port = free_port()
         proc = subprocess.Popen(

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import redis
 import torch
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -32,9 +31,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from service.auth import create_token
 from service.db import make_engine, session_factory
 from service.models import Decision, EpochItem, Manifest, PrototypeVersion, Run
-from tests.conftest import REDIS_URL, scratch_database
+from tests.conftest import scratch_database
 from tests.runs_helpers import labelled_run
-from tests.servers import celery_worker, uvicorn_server
+from tests.servers import celery_worker, private_redis, uvicorn_server
 from tests.test_ingest_api import COVID, _labelled_images
 
 PER_LABEL = 24
@@ -42,8 +41,6 @@ PER_LABEL = 24
 CONFIG = {"k": 2, "warmup_samples": 16, "batch_size": 8, "epochs": 2, "curation_epochs": 1, "max_central": 2}
 #: defaults of the two quantiles the config leaves alone (workers.curation.CurationConfig)
 SUPPORT_QUANTILE = 0.85
-#: Redis databases of the other process tests: 15 (conftest), 14 (test_stack); 13 is bench/roundtrip's
-E2E_REDIS = REDIS_URL.rsplit("/", 1)[0] + "/12"
 TRAINER = str(Path(sys.executable).parent / "chexcurate-train")
 TRAIN_TIMEOUT = 600
 
@@ -59,16 +56,16 @@ class E2E:
 
 @contextlib.contextmanager
 def running_stack(tmp_path: Path, **settings: str) -> Iterator[E2E]:
-    """Scratch database, API + one worker as real processes, 48 real images copied into a dataset root."""
-    redis.Redis.from_url(E2E_REDIS).flushdb()
+    """Scratch database, a redis-server of its own, API + one worker as real processes, 48 real images copied into
+    a dataset root."""
     data = tmp_path / "data"
     for rel, _ in _labelled_images(PER_LABEL):
         (data / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(COVID / rel, data / rel)
-    with scratch_database() as db_url:
+    with private_redis(tmp_path) as broker, scratch_database() as db_url:
         env = {
             "CHEX_DATABASE_URL": db_url,
-            "CHEX_BROKER_URL": E2E_REDIS,
+            "CHEX_BROKER_URL": broker,
             "CHEX_CURATION_WAIT_SECONDS": "10",
             "CHEX_INIT_REDRIVE_SECONDS": "5",
             **settings,

@@ -20,7 +20,7 @@ from sqlalchemy import func, select
 from service.auth import create_token
 from service.models import Decision, PrototypeVersion, Run
 from tests.runs_helpers import encode, make_dataset, npy
-from tests.servers import PrivateRedis, celery_worker, uvicorn_server, wait_for
+from tests.servers import PrivateRedis, celery_worker, uvicorn_server
 
 CONFIG = {"k": 3, "warmup_samples": 48, "batch_size": 16, "epochs": 3, "curation_epochs": 1, "max_central": 2}
 
@@ -109,6 +109,13 @@ def test_run_completes_through_worker(stack_env, client, db, admin) -> None:
     assert_run_complete(db, run_id, trainer, 96)
     db.expire_all()
     assert "init_requested_at" in db.get(Run, run_id).progress  # k-means was handed to the worker
+
+
+def wait_for(predicate, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.2)
 
 
 def test_workers_killed_around_kmeans_and_mid_curation(stack_env, client, db, admin) -> None:

@@ -142,5 +142,7 @@ class ServiceClient:
     def ack(self, run_id: int, manifest_id: str) -> dict[str, Any]:
         return self.request("POST", f"/v1/runs/{run_id}/manifests/{manifest_id}/ack")
 
-    def report_unreadable(self, run_id: int, sample_id: int, reason: str) -> None:
-        self.request("POST", f"/v1/runs/{run_id}/samples/{sample_id}/unreadable", json={"reason": reason[:2000]})
+    def report_unreadable(self, run_id: int, sample_id: int, reason: str, manifest_id: str | None = None) -> None:
+        """Leave a sample of the manifest this trainer holds out of the run (the service checks the lease)."""
+        body = {"reason": reason[:2000], **({"manifest_id": manifest_id} if manifest_id else {})}
+        self.request("POST", f"/v1/runs/{run_id}/samples/{sample_id}/unreadable", json=body)

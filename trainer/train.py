@@ -298,12 +298,17 @@ class Trainer:
         batch.indices = [self.world.rank + i * self.world.size for i in batch.indices]
         return batch.to(self.device, non_blocking=True)
 
-    def report_unreadable(self, batch: Batch) -> None:
+    def report_unreadable(self, manifest: dict[str, Any], batch: Batch) -> None:
         everyone = [u for part in gather_objects(batch.unreadable) for u in part]
         self.summary.unreadable += len(everyone)
         if self.world.is_main and self.client is not None:
             for sample_id, reason in everyone:
-                self.client.report_unreadable(self.cfg.run_id, sample_id, reason)
+                try:
+                    self.client.report_unreadable(self.cfg.run_id, sample_id, reason, manifest["manifest_id"])
+                except ServiceError as exc:
+                    if exc.code != "not_leased":
+                        raise
+                    # the lease lapsed: the sample goes to another trainer, which reports it in turn
 
     def post(self, manifest: dict[str, Any], features: torch.Tensor, batch: Batch) -> dict[str, Any] | None:
         """Post the features of every readable row of the manifest, in manifest order (gathered over ranks);
@@ -355,7 +360,7 @@ class Trainer:
 
     def run_step(self, manifest: dict[str, Any], batch: Batch) -> dict[str, Any]:
         phase = manifest["phase"]
-        self.report_unreadable(batch)
+        self.report_unreadable(manifest, batch)
         record: dict[str, Any] = {"phase": phase, "epoch": manifest["epoch"], "manifest_step": manifest["step"]}
         rows = sum(int(n) for n in gather_objects(len(batch)))
         record["rows"] = rows

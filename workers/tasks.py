@@ -4,6 +4,7 @@ so a redelivered or repeated task changes nothing that is already done."""
 from __future__ import annotations
 
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +12,10 @@ from celery import Task
 from celery.signals import worker_init, worker_process_init
 
 from service.arrays import read_npy
-from service.errors import ApiError
+from service.config import get_settings
+from service.errors import ApiError, ServiceUnavailable
 from service.ingest import run_dicom_scan
-from service.lifecycle import advance_if_epoch_done, init_warmup_prototypes, lock_run
+from service.lifecycle import advance_if_epoch_done, init_or_record, lock_run
 from service.models import Dataset
 from service.schemas.datasets import DicomScanRequest
 from service.steps import apply_embeddings, manifest_phase
@@ -44,32 +46,39 @@ def curate_manifest(run_id: int, manifest_id: str, body_key: str) -> dict[str, A
                 if stored is not None:
                     return stored
                 raise ApiError(409, "embeddings_expired", "the posted embeddings expired before a worker took them")
+            limit = get_settings().step_failure_limit
             result = apply_embeddings(
                 session,
                 run_id,
                 manifest_id,
                 read_npy(body if isinstance(body, bytes) else body.encode()),
+                partial(init_or_record, limit=limit),
+                limit,
                 cache=state.prototypes,
                 backend=state.backend,
             )
         except ApiError as exc:
             session.rollback()
             return {"error": exc.code, "status": exc.status, "detail": exc.detail, **exc.extra}
+        except ServiceUnavailable as exc:  # the step failed and was noted on the run; the trainer posts again
+            session.rollback()
+            return {"error": "unavailable", "status": 503, "detail": exc.detail}
     state.redis.delete(body_key)
     return result
 
 
 @app.task(name=TASK_INIT_PROTOTYPES)
 def init_prototypes(run_id: int) -> dict[str, Any]:
-    """k-means after warm-up, then open the first curation epoch. A no-op if another task already did it."""
+    """k-means after warm-up, then open the first curation epoch. A no-op if another task already did it, or the
+    run is stopped; a failure is noted on the run (and asked again at the next lease until the run stops)."""
     state = worker_state()
     with state.sessions() as session:
         run = lock_run(session, run_id)
         if run.phase == "warmup" and run.prototype_version == 0:
-            init_warmup_prototypes(session, run)
-            advance_if_epoch_done(session, run)
+            advance_if_epoch_done(session, run, partial(init_or_record, limit=get_settings().step_failure_limit))
         session.commit()
-        return {"run_id": run.id, "phase": run.phase, "prototype_version": run.prototype_version}
+        answer = {"run_id": run.id, "phase": run.phase, "prototype_version": run.prototype_version}
+        return answer | ({"error": run.error} if run.error else {})
 
 
 @app.task(name=TASK_DICOM_SCAN, bind=True)
@@ -85,8 +94,17 @@ def dicom_scan(self: Task, dataset_id: int, request: dict[str, Any]) -> dict[str
         dataset = session.get(Dataset, dataset_id)
         if dataset is None:
             return {"error": "unknown_dataset", "status": 404, "detail": f"dataset {dataset_id} does not exist"}
+        settings = get_settings()
         try:
-            result = run_dicom_scan(session, dataset_id, Path(dataset.root), DicomScanRequest(**request), progress)
+            result = run_dicom_scan(
+                session,
+                dataset_id,
+                Path(dataset.root),
+                DicomScanRequest(**request),
+                progress,
+                settings.path_limits(),
+                settings.text_limits(),
+            )
         except ApiError as exc:
             session.rollback()
             return {"error": exc.code, "status": exc.status, "detail": exc.detail, **exc.extra}
@@ -116,9 +134,13 @@ def offline_curation(self: Task, run_id: int) -> dict[str, Any]:
 
 @app.task(name=TASK_NEIGHBOUR_INDEX)
 def neighbour_index(run_id: int) -> dict[str, Any]:
-    """Build (or find) the run's FAISS neighbour index and leave it in the shared index directory."""
+    """Build (or find) the run's FAISS neighbour index and leave it in the shared index directory; the stored
+    rows' refusal (e.g. unusable embeddings) comes back as an error answer, not a task failure."""
     state = worker_state()
-    index = state.neighbour_indexes.get(state.sessions, run_id)
+    try:
+        index = state.neighbour_indexes.get(state.sessions, run_id)
+    except ApiError as exc:
+        return {"error": exc.code, "status": exc.status, "detail": exc.detail, **exc.extra}
     return {
         "run_id": run_id,
         "kind": index.kind,

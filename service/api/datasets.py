@@ -13,11 +13,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from ..deps import AdminDep, DispatcherDep, SessionDep, SettingsDep
+from ..body import streamed_body
+from ..config import Settings
+from ..deps import AdminDep, DatasetId, DispatcherDep, SessionDep, SettingsDep
 from ..errors import ApiError
+from ..exclusions import exclude_from_dataset
 from ..ingest import ingest_rows, parse_body, run_dicom_scan
 from ..ingest.dicom import ScanIssue
-from ..ingest.paths import PathRejected, check_root
+from ..ingest.paths import PathRejected, RootNotAllowed, check_allowed, check_root
 from ..ingest.rows import MalformedBody, body_format
 from ..models import Dataset, Sample
 from ..schemas.datasets import (
@@ -25,6 +28,8 @@ from ..schemas.datasets import (
     DatasetOut,
     DicomScanRequest,
     DicomScanResult,
+    ExclusionOut,
+    ExclusionRequest,
     RowRejectionOut,
     SampleOut,
     SamplePage,
@@ -60,6 +65,16 @@ def _dataset(session: Session, dataset_id: int) -> Dataset:
     return dataset
 
 
+def _readable_root(dataset: Dataset, settings: Settings) -> Path:
+    """The dataset's root, if it is still under the allowed roots (a dataset registered before they were set may
+    not be): nothing is read from a root outside them."""
+    try:
+        check_allowed(dataset.root, settings.allowed_root_dirs())
+    except RootNotAllowed as exc:
+        raise ApiError(409, "root_not_allowed", f"dataset {dataset.id}: {exc.reason}") from exc
+    return Path(dataset.root)
+
+
 def _in_transaction(session: Session, work: Callable[[], T]) -> T:
     """Run ``work`` and commit, or roll back everything it wrote on any error (nothing half-written)."""
     try:
@@ -72,10 +87,13 @@ def _in_transaction(session: Session, work: Callable[[], T]) -> T:
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=DatasetOut)
-def create_dataset(body: DatasetCreate, session: SessionDep, _: AdminDep) -> DatasetOut:
-    """Register a dataset; ``root`` must be an existing absolute directory on the server."""
+def create_dataset(body: DatasetCreate, session: SessionDep, settings: SettingsDep, _: AdminDep) -> DatasetOut:
+    """Register a dataset; ``root`` must be an existing absolute directory on the server, under the allowed
+    roots (``CHEX_ALLOWED_ROOTS``)."""
     try:
-        root = check_root(body.root)
+        root = check_root(body.root, settings.allowed_root_dirs(), settings.path_limits())
+    except RootNotAllowed as exc:  # neither the path nor whether it exists goes back
+        raise ApiError(422, "root_not_allowed", exc.reason) from exc
     except PathRejected as exc:
         raise ApiError(422, "invalid_root", exc.reason, root=body.root) from exc
     if session.scalar(select(Dataset.id).where(Dataset.name == body.name)) is not None:
@@ -98,31 +116,27 @@ def list_datasets(session: SessionDep, _: AdminDep) -> list[DatasetOut]:
 
 
 @router.get("/{dataset_id}", response_model=DatasetOut)
-def get_dataset(dataset_id: int, session: SessionDep, _: AdminDep) -> DatasetOut:
+def get_dataset(dataset_id: DatasetId, session: SessionDep, _: AdminDep) -> DatasetOut:
     dataset = _dataset(session, dataset_id)
     return _out(dataset, _accepted_counts(session, [dataset_id]).get(dataset_id, 0))
 
 
-def _body_chunks(request: Request, limit: int) -> Iterator[bytes]:
+def _body_chunks(request: Request) -> Iterator[bytes]:
     """The request body, pulled chunk by chunk from the event loop into this worker thread, never whole.
 
-    Over ``limit`` bytes raises 413 mid-stream; the caller's rollback then undoes any batch already written.
+    A body over the upload limit raises 413 mid-stream (BodyLimit); the caller's rollback then undoes any batch
+    already written.
     """
     stream: AsyncIterator[bytes] = request.stream()
 
     async def next_chunk() -> bytes:
         return await stream.__anext__()
 
-    size = 0
     while True:
         try:
-            chunk = anyio.from_thread.run(next_chunk)
+            yield anyio.from_thread.run(next_chunk)
         except StopAsyncIteration:
             return
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, "body_too_large", f"body exceeds the limit of {limit} bytes", limit=limit)
-        yield chunk
 
 
 @router.post(
@@ -138,8 +152,9 @@ def _body_chunks(request: Request, limit: int) -> Iterator[bytes]:
         }
     },
 )
+@streamed_body
 async def upload_samples(
-    dataset_id: int,
+    dataset_id: DatasetId,
     request: Request,
     session: SessionDep,
     settings: SettingsDep,
@@ -155,18 +170,12 @@ async def upload_samples(
         fmt = body_format(request.headers.get("content-type"))
     except ValueError as exc:
         raise ApiError(415, "unsupported_media_type", str(exc)) from exc
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > settings.max_body_bytes:
-        limit = settings.max_body_bytes
-        raise ApiError(
-            413, "body_too_large", f"body of {declared} bytes exceeds the limit of {limit} bytes", limit=limit
-        )
 
     def work() -> UploadResult:
-        root = Path(_dataset(session, dataset_id).root)
-        rows = parse_body(_body_chunks(request, settings.max_body_bytes), fmt)
+        root = _readable_root(_dataset(session, dataset_id), settings)
+        rows = parse_body(_body_chunks(request), fmt, settings.text_limits())
         try:
-            outcome = ingest_rows(session, dataset_id, root, rows, synthesize_reports)
+            outcome = ingest_rows(session, dataset_id, root, rows, synthesize_reports, settings.path_limits())
         except MalformedBody as exc:
             raise ApiError(400, "malformed_body", str(exc), line=exc.line) from exc
         return UploadResult(
@@ -191,9 +200,10 @@ def _issue(issue: ScanIssue) -> ScanIssueOut:
     responses={202: {"model": TaskAccepted, "description": "queued on a worker (background=true with a broker)"}},
 )
 def dicom_scan(
-    dataset_id: int,
+    dataset_id: DatasetId,
     body: DicomScanRequest,
     session: SessionDep,
+    settings: SettingsDep,
     dispatcher: DispatcherDep,
     response: Response,
     _: AdminDep,
@@ -201,22 +211,33 @@ def dicom_scan(
 ) -> DicomScanResult | TaskAccepted:
     """Scan a DICOM folder under the root (CR/DX only, optional view filter), reports from a sidecar.
     With ``background`` and workers, the scan runs on the refresh queue; poll ``status_url`` for progress."""
-    root = Path(_dataset(session, dataset_id).root)
+    root = _readable_root(_dataset(session, dataset_id), settings)
     if background and not dispatcher.eager:
         from workers.celery_app import TASK_DICOM_SCAN
 
         response.status_code = status.HTTP_202_ACCEPTED
         return dispatcher.submit(TASK_DICOM_SCAN, [dataset_id, body.model_dump()])
     try:
-        return run_dicom_scan(session, dataset_id, root, body)
+        return run_dicom_scan(
+            session, dataset_id, root, body, limits=settings.path_limits(), text_limits=settings.text_limits()
+        )
     except BaseException:
         session.rollback()
         raise
 
 
+@router.post("/{dataset_id}/exclusions", response_model=ExclusionOut)
+def exclude_samples(dataset_id: DatasetId, body: ExclusionRequest, session: SessionDep, _: AdminDep) -> ExclusionOut:
+    """Mark samples unreadable for the whole dataset (an admin's verdict, e.g. a corrupt file): no run hands them
+    out again, in this or any later epoch, and future runs leave them out. Re-ingesting a changed image clears
+    the mark. All or nothing: an id outside the dataset refuses the request."""
+    _dataset(session, dataset_id)
+    return _in_transaction(session, lambda: exclude_from_dataset(session, dataset_id, body.sample_ids, body.reason))
+
+
 @router.get("/{dataset_id}/samples", response_model=SamplePage)
 def list_samples(
-    dataset_id: int,
+    dataset_id: DatasetId,
     session: SessionDep,
     _: AdminDep,
     status: SampleStatus | None = None,

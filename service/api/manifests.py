@@ -11,15 +11,29 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from workers.curation.config import MAX_BATCH_SIZE
+
 from ..arrays import check_embeddings, read_npy, read_npz
-from ..body import read_limited, spool_limited
+from ..body import read_body, spool_body, streamed_body
 from ..bulk import foreign_ids, upsert_embeddings
+from ..config import Settings
 from ..deps import AdminDep, DispatcherDep, RunAccessDep, RunId, SampleId, SessionDep, SettingsDep, StepNo
 from ..errors import ApiError
-from ..leasing import claim, complete, next_lease_expiry, skip_sample
+from ..exclusions import exclude_from_run, excluded_from_run
+from ..failures import ensure_runnable
+from ..leasing import claim, complete, holds_live_lease, next_lease_expiry
 from ..lifecycle import advance_if_epoch_done, lock_run
 from ..models import Manifest, Run, Sample
-from ..schemas.runs import AckOut, BulkOut, CuratedBatch, ManifestItem, ManifestOut, ManifestRequest, StoredOut
+from ..schemas.runs import (
+    AckOut,
+    BulkOut,
+    CuratedBatch,
+    ManifestItem,
+    ManifestOut,
+    ManifestRequest,
+    StoredOut,
+    UnreadableReport,
+)
 from ..steps import apply_embeddings, manifest_phase, open_manifest, run_width
 
 router = APIRouter(prefix="/v1/runs/{run_id}", tags=["manifests"])
@@ -56,16 +70,20 @@ def next_manifest(
     settings: SettingsDep,
     dispatcher: DispatcherDep,
     _: RunAccessDep,
-    size: Annotated[int | None, Query(ge=1, le=100_000, description="samples; default the run's batch_size")] = None,
+    size: Annotated[
+        int | None, Query(ge=1, le=MAX_BATCH_SIZE, description="samples; default the run's batch_size")
+    ] = None,
     body: Annotated[ManifestRequest | None, Body()] = None,
 ) -> ManifestOut:
     """Lease the next samples of the current epoch. Each sample is handed out once per epoch across all
-    trainers; a manifest not acknowledged before ``expires_at`` is handed out again."""
+    trainers; a manifest not acknowledged before ``expires_at`` is handed out again. A stopped run answers 409
+    ``run_failed`` naming the step that failed and why."""
     run = lock_run(session, run_id)
+    ensure_runnable(run)
     if body is not None:
         run.model_id = body.model_id or run.model_id
         run.checkpoint_step = body.checkpoint_step if body.checkpoint_step is not None else run.checkpoint_step
-    advance_if_epoch_done(session, run, dispatcher.defer_init)
+    advance_if_epoch_done(session, run, dispatcher.init_prototypes)
     now = _now()
     empty = ManifestOut(
         manifest_id=None,
@@ -113,6 +131,7 @@ def next_manifest(
         "requestBody": {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}
     },
 )
+@streamed_body
 async def post_embeddings(
     run_id: RunId,
     manifest_id: str,
@@ -124,8 +143,9 @@ async def post_embeddings(
 ) -> dict[str, Any]:
     """The manifest's embeddings as one ``.npy`` (float16/float32, ``[n, D]``, rows in manifest order).
     Warm-up: stored. Curation: the curated batch (rows to keep, bands, prototype version), computed by a
-    worker when one is configured; if none answers in time, 503 + Retry-After. Idempotent."""
-    body = await read_limited(request, settings.max_body_bytes)
+    worker when one is configured; if none answers in time, 503 + Retry-After. Idempotent. A failing curation
+    step answers 503 (post again) until the run stops, then 409 ``run_failed``."""
+    body = await read_body(request)
     arr = read_npy(body)
     phase, stored = await run_in_threadpool(manifest_phase, session, run_id, manifest_id)
     if stored is not None:
@@ -133,7 +153,15 @@ async def post_embeddings(
     if phase == "curation" and not dispatcher.eager:
         session.close()  # do not hold a pooled connection while waiting for the worker
         return await run_in_threadpool(dispatcher.curate, run_id, manifest_id, body)
-    return await run_in_threadpool(apply_embeddings, session, run_id, manifest_id, arr, None, dispatcher.defer_init)
+    return await run_in_threadpool(
+        apply_embeddings,
+        session,
+        run_id,
+        manifest_id,
+        arr,
+        dispatcher.init_prototypes,
+        settings.step_failure_limit,
+    )
 
 
 @router.post("/manifests/{manifest_id}/ack", response_model=AckOut)
@@ -152,7 +180,7 @@ def ack_manifest(
         manifest_id=manifest.id, phase="subset", epoch=manifest.epoch, step=manifest.step, acknowledged=done
     ).model_dump()
     manifest.acked_at, manifest.result = _now(), result
-    advance_if_epoch_done(session, run, dispatcher.defer_init)
+    advance_if_epoch_done(session, run, dispatcher.init_prototypes)
     session.commit()
     return result
 
@@ -189,22 +217,36 @@ def report_unreadable(
     session: SessionDep,
     dispatcher: DispatcherDep,
     _: RunAccessDep,
-    reason: Annotated[str, Body(embed=True, max_length=2000)] = "unreadable image",
+    body: Annotated[UnreadableReport | None, Body()] = None,
 ) -> None:
-    """A trainer could not load this sample: it is marked and never handed out again; the step goes on."""
+    """The caller could not load a sample it holds a live lease on (of ``manifest_id`` when given): it is left
+    out of this run, in this and every later epoch, and the step goes on without it. Other runs and the dataset
+    are untouched (excluding a sample dataset-wide is an admin's ``POST /v1/datasets/{id}/exclusions``).
+    Repeating a report is a no-op."""
+    report = body or UnreadableReport()
     run = lock_run(session, run_id)
     sample = session.get(Sample, sample_id)
     if sample is None or sample.dataset_id != run.dataset_id:
         raise ApiError(404, "unknown_sample", f"sample {sample_id} is not in run {run_id}'s dataset")
-    sample.status, sample.rejection_reason = "unreadable", reason
-    skip_sample(session, run.id, sample_id)
-    advance_if_epoch_done(session, run, dispatcher.defer_init)
+    if excluded_from_run(session, run.id, sample_id):
+        session.rollback()
+        return
+    if not holds_live_lease(session, run.id, run.epoch, sample_id, report.manifest_id):
+        held = f" by manifest {report.manifest_id}" if report.manifest_id else ""
+        raise ApiError(
+            409,
+            "not_leased",
+            f"sample {sample_id} is not leased{held} in run {run_id} right now: a trainer reports only samples "
+            "it holds a live lease on",
+        )
+    exclude_from_run(session, run, [sample_id], report.reason, source="trainer")
+    advance_if_epoch_done(session, run, dispatcher.init_prototypes)
     session.commit()
 
 
-def _bulk(session: Session, run_id: int, file: Any) -> BulkOut:
+def _bulk(session: Session, run_id: int, file: Any, settings: Settings) -> BulkOut:
     with file:
-        ids, emb = read_npz(file)
+        ids, emb = read_npz(file, settings.array_limits())
     run = session.get(Run, run_id)
     if run is None:
         raise ApiError(404, "unknown_run", f"run {run_id} does not exist")
@@ -230,10 +272,12 @@ def _bulk(session: Session, run_id: int, file: Any) -> BulkOut:
         "requestBody": {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}
     },
 )
+@streamed_body
 async def bulk_embeddings(
     run_id: RunId, request: Request, session: SessionDep, settings: SettingsDep, _: AdminDep
 ) -> BulkOut:
     """Bulk upload for offline mode: an ``.npz`` with ``sample_id`` (int64) and ``embedding`` ``[n, D]``.
-    Streamed to a spool file, validated whole, stored with COPY in one transaction; re-posting is idempotent."""
-    file = await spool_limited(request, settings.max_body_bytes)
-    return await run_in_threadpool(_bulk, session, run_id, file)
+    Streamed to a spool file, bounded by its zip and .npy headers before a member is inflated, validated whole,
+    stored with COPY in one transaction; re-posting is idempotent."""
+    file = await spool_body(request)
+    return await run_in_threadpool(_bulk, session, run_id, file, settings)

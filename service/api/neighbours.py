@@ -96,9 +96,24 @@ def _index_or_task(
         return state
     from workers.celery_app import TASK_NEIGHBOUR_INDEX
 
+    task_key = f"chex:neighbour-index:{key.filename('task')}"
+    accepted = dispatcher.submit_once(TASK_NEIGHBOUR_INDEX, [run_id], task_key)
+    done = dispatcher.status(accepted.task_id)
+    if done.state == "FAILURE":
+        # The build over these very rows failed: asking again would only fail again, so say why instead of
+        # answering 202 for as long as the task id is kept. Other rows (e.g. after a repair) get a new key.
+        error = done.error or {}
+        if "status" not in error:  # the task itself broke (not the rows): the next ask starts a new build
+            dispatcher.forget(task_key)
+        raise ApiError(
+            409,
+            "index_failed",
+            f"building run {run_id}'s neighbour index failed: {error.get('error')}: {error.get('detail')}",
+            reason=error,
+        )
     response.status_code = status.HTTP_202_ACCEPTED
     response.headers["Retry-After"] = str(settings.retry_after_seconds)
-    return dispatcher.submit_once(TASK_NEIGHBOUR_INDEX, [run_id], f"chex:neighbour-index:{key.filename('task')}")
+    return accepted
 
 
 def _index_out(state: IndexState) -> IndexOut:

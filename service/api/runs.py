@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from fastapi import APIRouter, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
+from pydantic import ValidationError
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from workers.curation import CurationConfig
 
 from ..deps import AdminDep, DispatcherDep, RunAccessDep, RunId, SessionDep
 from ..errors import ApiError
-from ..lifecycle import start
-from ..models import Dataset, EpochItem, Run
-from ..schemas.runs import RunCreate, RunOut
+from ..exclusions import check_in_dataset, exclude_from_run
+from ..failures import clear_failure
+from ..lifecycle import advance_if_epoch_done, lock_run, reinit_prototypes, start
+from ..models import Dataset, EpochItem, Run, RunExclusion
+from ..schemas.runs import ExclusionEntry, RepairRequest, RunCreate, RunOut
 from ..schemas.tasks import TaskAccepted
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
@@ -27,8 +32,13 @@ def create_run(body: RunCreate, session: SessionDep, _: AdminDep) -> Run:
         raise ApiError(404, "unknown_dataset", f"dataset {body.dataset_id} does not exist")
     try:
         config = CurationConfig(**body.config)
-    except ValueError as exc:
-        raise ApiError(422, "invalid_config", f"invalid curation config: {exc}") from exc
+    except ValidationError as exc:
+        problems = [
+            {"field": ".".join(str(p) for p in e["loc"]) or "config", "msg": e["msg"], "input": _shown(e["input"])}
+            for e in exc.errors()
+        ]
+        named = "; ".join(f"{p['field']}: {p['msg']}" for p in problems)
+        raise ApiError(422, "invalid_config", f"invalid curation config: {named}", fields=problems) from exc
     run = Run(dataset_id=body.dataset_id, config=config.model_dump(), seed=config.seed, model_id=body.model_id)
     session.add(run)
     session.flush()
@@ -42,19 +52,69 @@ def list_runs(session: SessionDep, _: AdminDep) -> list[Run]:
     return list(session.scalars(select(Run).order_by(Run.id)))
 
 
-@router.get("/{run_id}", response_model=RunOut)
-def get_run(run_id: RunId, session: SessionDep, _: RunAccessDep) -> RunOut:
-    """The run, with the size of its current epoch and how much of it is done (what a trainer's progress bar
-    and learning-rate horizon need)."""
-    run = session.get(Run, run_id)
-    if run is None:
-        raise ApiError(404, "unknown_run", f"run {run_id} does not exist")
+def _shown(value: Any) -> Any:
+    """A refused config value as the answer shows it: scalars as sent, anything bigger summarised."""
+    if isinstance(value, bool | None) or (isinstance(value, int) and abs(value) < 10**30):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)  # JSON has no Infinity / NaN
+    if isinstance(value, str) and len(value) <= 100:
+        return value
+    return f"<{type(value).__name__}>"
+
+
+def _run_out(session: Session, run: Run) -> RunOut:
     size, done = session.execute(
         select(func.count(), func.count().filter(EpochItem.state == "done")).where(
             EpochItem.run_id == run.id, EpochItem.epoch == run.epoch
         )
     ).one()
     return RunOut.model_validate(run).model_copy(update={"epoch_size": size, "epoch_done": done})
+
+
+@router.get("/{run_id}", response_model=RunOut)
+def get_run(run_id: RunId, session: SessionDep, _: RunAccessDep) -> RunOut:
+    """The run, with the size of its current epoch and how much of it is done (what a trainer's progress bar
+    and learning-rate horizon need), and its ``error`` when a step of it fails."""
+    run = session.get(Run, run_id)
+    if run is None:
+        raise ApiError(404, "unknown_run", f"run {run_id} does not exist")
+    return _run_out(session, run)
+
+
+@router.get("/{run_id}/exclusions", response_model=list[ExclusionEntry])
+def run_exclusions(run_id: RunId, session: SessionDep, _: AdminDep) -> list[ExclusionEntry]:
+    """The samples left out of this run only: reported unreadable by its trainers, or excluded by a repair (an
+    admin may make any of them dataset-wide with ``POST /v1/datasets/{id}/exclusions``)."""
+    if session.get(Run, run_id) is None:
+        raise ApiError(404, "unknown_run", f"run {run_id} does not exist")
+    rows = session.scalars(select(RunExclusion).where(RunExclusion.run_id == run_id).order_by(RunExclusion.sample_id))
+    return [ExclusionEntry.model_validate(row) for row in rows]
+
+
+@router.post("/{run_id}/repair", response_model=RunOut)
+def repair_run(
+    run_id: RunId, body: RepairRequest, session: SessionDep, dispatcher: DispatcherDep, _: AdminDep
+) -> RunOut:
+    """Repair a run whose step failed (``error`` in the run): leave ``exclude_samples`` out of it (their stored
+    embeddings in it deleted), optionally re-initialise its prototypes from its stored embeddings, clear the
+    error and let the step run again (the warm-up k-means at once: in this request without workers, queued with
+    them). The answer is the run as it then is; if the step failed again, ``error`` says so."""
+    run = lock_run(session, run_id)
+    if body.exclude_samples:
+        check_in_dataset(session, run.dataset_id, body.exclude_samples)
+        exclude_from_run(session, run, body.exclude_samples, body.reason, source="admin")
+    if body.reinit_prototypes:
+        if run.prototype_version == 0:
+            raise ApiError(
+                409, "no_prototypes", f"run {run_id} has no prototypes yet: the warm-up k-means is retried instead"
+            )
+        reinit_prototypes(session, run)
+    clear_failure(run)
+    run.progress = {k: v for k, v in run.progress.items() if k != "init_requested_at"}
+    advance_if_epoch_done(session, run, dispatcher.init_prototypes)
+    session.commit()
+    return _run_out(session, run)
 
 
 @router.post(

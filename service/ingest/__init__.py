@@ -15,14 +15,16 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from ..errors import ApiError
+from ..limits import PathLimits, TextLimits
 from ..schemas.datasets import DicomScanRequest, DicomScanResult, ScanIssueOut
 from .dicom import ScanIssue, Sidecar, load_sidecar, scan_folder
 from .paths import PathRejected, read_image
 from .reports import resolve_report
-from .rows import MalformedBody, RawRow, RowRejected, decoded_lines, iter_csv, iter_jsonl, row_input
+from .rows import MalformedBody, RawRow, RowRejected, decoded_lines, iter_csv, iter_jsonl, row_input, unstorable_text
 from .store import SampleIn, SampleWriter, UpsertCounts
 
 DUPLICATE = "duplicate external_id in upload"
+UID_MAX = 128  # Sample.sop_uid / study_uid are VARCHAR(128)
 NO_SIDECAR_ENTRY = "no report: neither its SOP instance uid nor its study uid is in the reports sidecar"
 
 
@@ -47,16 +49,16 @@ class ScanOutcome:
     skipped: list[ScanIssue] = field(default_factory=list)
 
 
-def parse_body(chunks: Iterable[bytes], fmt: str) -> Iterator[RawRow]:
-    lines = decoded_lines(chunks)
-    return iter_csv(lines) if fmt == "csv" else iter_jsonl(lines)
+def parse_body(chunks: Iterable[bytes], fmt: str, limits: TextLimits = TextLimits()) -> Iterator[RawRow]:
+    lines = decoded_lines(chunks, limits.line_bytes)
+    return iter_csv(lines) if fmt == "csv" else iter_jsonl(lines, limits)
 
 
-def check_row(root: Path, raw: RawRow, synthesize: bool) -> SampleIn:
+def check_row(root: Path, raw: RawRow, synthesize: bool, limits: PathLimits = PathLimits()) -> SampleIn:
     """A row that passes every check, or RowRejected with the first reason (cheap checks first)."""
     row = row_input(raw)
     report, synthetic = resolve_report(row.report, row.labels, synthesize)
-    image = read_image(root, row.image)
+    image = read_image(root, row.image, limits)
     return SampleIn(
         external_id=row.external_id,
         image_uri=image.uri,
@@ -77,7 +79,12 @@ def _peek_id(raw: RawRow) -> str | None:
 
 
 def ingest_rows(
-    session: Session, dataset_id: int, root: Path, rows: Iterable[RawRow], synthesize: bool
+    session: Session,
+    dataset_id: int,
+    root: Path,
+    rows: Iterable[RawRow],
+    synthesize: bool,
+    limits: PathLimits = PathLimits(),
 ) -> UploadOutcome:
     """Check and upsert rows as they stream in; MalformedBody from ``rows`` propagates (caller rolls back)."""
     writer = SampleWriter(session, dataset_id)
@@ -92,7 +99,7 @@ def ingest_rows(
                 raise RowRejected(DUPLICATE)
             if external_id is not None:
                 seen.add(external_id)
-            writer.add(check_row(root, raw, synthesize))
+            writer.add(check_row(root, raw, synthesize, limits))
         except RowRejected as exc:
             rejected.append(RowRejection(raw.line, external_id, exc.reason))
     writer.flush()
@@ -108,14 +115,16 @@ def ingest_dicom_folder(
     reports: str | None,
     synthesize: bool,
     progress: Callable[[int, int], None] | None = None,
+    limits: PathLimits = PathLimits(),
+    text_limits: TextLimits = TextLimits(),
 ) -> ScanOutcome:
     """Scan ``folder`` and upsert its usable images with their sidecar reports.
 
     The sidecar is read first: a malformed one (MalformedBody) or a bad path (PathRejected) fails the
     request before the long scan, and nothing is written.
     """
-    sidecar = load_sidecar(root, reports) if reports else Sidecar()
-    scan = scan_folder(root, folder, view_positions, progress)
+    sidecar = load_sidecar(root, reports, limits, text_limits) if reports else Sidecar()
+    scan = scan_folder(root, folder, view_positions, progress, limits)
     writer = SampleWriter(session, dataset_id)
     seen: set[str] = set()
     problems = list(scan.problems)
@@ -130,6 +139,10 @@ def ingest_dicom_folder(
                 raise RowRejected(NO_SIDECAR_ENTRY if reports else "no report (no reports sidecar given)")
             labels = entry.labels
             report, synthetic = resolve_report(entry.report, labels, synthesize)
+            if (problem := unstorable_text([header.sop_uid, header.study_uid, header.meta()])) is not None:
+                raise RowRejected(f"a header field contains {problem}")
+            if max(len(header.sop_uid), len(header.study_uid or "")) > UID_MAX:
+                raise RowRejected(f"a UID is longer than {UID_MAX} characters (DICOM allows 64)")
         except RowRejected as exc:
             problems.append(ScanIssue(found.uri, exc.reason, header.sop_uid))
             continue
@@ -156,6 +169,8 @@ def run_dicom_scan(
     root: Path,
     request: DicomScanRequest,
     progress: Callable[[int, int], None] | None = None,
+    limits: PathLimits = PathLimits(),
+    text_limits: TextLimits = TextLimits(),
 ) -> DicomScanResult:
     """A whole DICOM scan request, committed, as the API answers it (the route and the worker task share it)."""
     try:
@@ -168,6 +183,8 @@ def run_dicom_scan(
             request.reports,
             request.synthesize_reports,
             progress,
+            limits,
+            text_limits,
         )
     except PathRejected as exc:
         raise ApiError(422, "invalid_path", exc.reason) from exc

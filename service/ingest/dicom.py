@@ -17,8 +17,18 @@ import numpy as np
 from pydicom import Dataset, dcmread
 from pydicom.errors import InvalidDicomError
 
+from ..limits import PathLimits, TextLimits
 from .paths import PathRejected, resolve_inside
-from .rows import MalformedBody, RawRow, RowRejected, decoded_lines, iter_csv, iter_jsonl, parse_labels
+from .rows import (
+    MalformedBody,
+    RawRow,
+    RowRejected,
+    decoded_lines,
+    iter_csv,
+    iter_jsonl,
+    parse_labels,
+    unstorable_text,
+)
 
 #: plain radiographs only: CT scouts, MR localisers and the like are not chest X-rays
 ALLOWED_MODALITIES = frozenset({"CR", "DX"})
@@ -141,21 +151,33 @@ def to_uint8(ds: Dataset) -> np.ndarray:
     return np.rint(scaled * 255.0).astype(np.uint8)
 
 
-def inspect_file(real_root: Path, uri: str, views: Collection[str] | None) -> ScanFile:
-    """Header first (cheap) for the filters, then the whole file for its hash and a decode check."""
-    _, real = resolve_inside(real_root, uri, "file")
+def inspect_file(
+    real_root: Path, uri: str, views: Collection[str] | None, limits: PathLimits = PathLimits()
+) -> ScanFile:
+    """Header first (cheap) for the filters, then the whole file for its hash and a decode check.
+
+    The file is opened here and handed to pydicom as a stream, so no message can carry its server path.
+    """
+    _, real = resolve_inside(real_root, uri, "file", limits)
     try:
-        ds = dcmread(real, stop_before_pixels=True)
+        with real.open("rb") as fp:
+            ds = dcmread(fp, stop_before_pixels=True)
+            header = header_of(ds)
+            if header.modality not in ALLOWED_MODALITIES:
+                raise DicomProblem(f"wrong modality: {header.modality or 'missing'}")
+            if views is not None and header.view_position not in views:
+                shown = header.view_position or "missing"
+                raise DicomProblem(f"view position {shown} not in {sorted(views)}", skipped=True)
+            fp.seek(0)
+            data = fp.read()
+    except DicomProblem:
+        raise
+    except OSError as exc:
+        raise DicomProblem(f"unreadable file: {exc.strerror or type(exc).__name__}") from exc
     except InvalidDicomError as exc:
         raise DicomProblem("not a DICOM file") from exc
-    except Exception as exc:
+    except Exception as exc:  # pydicom raises many types for a damaged header; all mean "unreadable"
         raise DicomProblem(f"unreadable DICOM header: {type(exc).__name__}: {exc}") from exc
-    header = header_of(ds)
-    if header.modality not in ALLOWED_MODALITIES:
-        raise DicomProblem(f"wrong modality: {header.modality or 'missing'}")
-    if views is not None and header.view_position not in views:
-        raise DicomProblem(f"view position {header.view_position or 'missing'} not in {sorted(views)}", skipped=True)
-    data = real.read_bytes()
     check_pixels(io.BytesIO(data))
     return ScanFile(uri=uri, sha256=hashlib.sha256(data).hexdigest(), header=header)
 
@@ -165,6 +187,7 @@ def scan_folder(
     folder: str = ".",
     view_positions: Iterable[str] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    limits: PathLimits = PathLimits(),
 ) -> ScanResult:
     """Every file under ``folder`` (relative to ``root``), in sorted order; no file is ever fatal.
 
@@ -172,8 +195,8 @@ def scan_folder(
     files are read and decoded (the slow part).
     """
     real_root = Path(os.path.realpath(root))
-    _, start = resolve_inside(real_root, folder, "folder")
-    if not start.is_dir():
+    _, start = resolve_inside(real_root, folder, "folder", limits)
+    if not os.path.isdir(start):
         raise PathRejected(f"folder is not a directory: {folder}")
     views = {v.strip().upper() for v in view_positions} if view_positions is not None else None
     result = ScanResult()
@@ -192,7 +215,7 @@ def scan_folder(
             result.skipped.append(ScanIssue(uri, "DICOMDIR index file"))
         else:
             try:
-                result.files.append(inspect_file(real_root, uri, views))
+                result.files.append(inspect_file(real_root, uri, views, limits))
             except PathRejected as exc:
                 result.problems.append(ScanIssue(uri, exc.reason))
             except DicomProblem as exc:
@@ -231,32 +254,40 @@ def _sidecar_header(header: list[str]) -> str | None:
 SIDECAR_SUFFIXES = (".csv", ".jsonl", ".ndjson")
 
 
-def _sidecar_rows(path: Path) -> Iterable[RawRow]:
-    with path.open("rb") as fh:
-        lines = decoded_lines(iter(lambda: fh.read(1 << 16), b""))
+def _sidecar_rows(path: Path, limits: TextLimits) -> Iterable[RawRow]:
+    try:
+        fh = path.open("rb")
+    except OSError as exc:
+        raise PathRejected(f"reports file unreadable: {exc.strerror or type(exc).__name__}") from exc
+    with fh:
+        lines = decoded_lines(iter(lambda: fh.read(1 << 16), b""), limits.line_bytes)
         if path.suffix.lower() == ".csv":
             yield from iter_csv(lines, _sidecar_header)
         else:
-            yield from iter_jsonl(lines)
+            yield from iter_jsonl(lines, limits)
 
 
-def load_sidecar(root: Path, rel: str) -> Sidecar:
+def load_sidecar(
+    root: Path, rel: str, limits: PathLimits = PathLimits(), text_limits: TextLimits = TextLimits()
+) -> Sidecar:
     """Parse a sidecar CSV (``.csv``) or JSONL (``.jsonl``, ``.ndjson``); MalformedBody names the bad line.
 
     A uid listed twice is a malformed sidecar: which report belongs to the image would be a guess.
     """
-    _, real = resolve_inside(root, rel, "reports path")
-    if not real.is_file():
+    _, real = resolve_inside(root, rel, "reports path", limits)
+    if not os.path.isfile(real):
         raise PathRejected(f"reports path is not a file: {rel}")
     if real.suffix.lower() not in SIDECAR_SUFFIXES:
         raise PathRejected(f"reports file must end in one of {', '.join(SIDECAR_SUFFIXES)}: {rel}")
     sidecar, first_line = Sidecar(), dict[tuple[str, str], int]()
-    for raw in _sidecar_rows(real):
+    for raw in _sidecar_rows(real, text_limits):
         if raw.error:
             raise MalformedBody(raw.error, raw.line)
         report = raw.fields.get("report") or ""
         if not isinstance(report, str):
             raise MalformedBody("report must be a string", raw.line)
+        if (problem := unstorable_text(raw.fields)) is not None:
+            raise MalformedBody(f"a field contains {problem}", raw.line)
         try:
             entry = SidecarEntry(report=report, labels=parse_labels(raw.fields.get("labels")))
         except RowRejected as exc:

@@ -6,12 +6,14 @@ import hashlib
 import io
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from PIL import Image
 
-from .rows import RowRejected
+from ..limits import PathLimits
+from .rows import RowRejected, unstorable_text
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
 DICOM_MAGIC_OFFSET = 128  # DICOM Part 10: a 128-byte preamble, then "DICM"
@@ -28,12 +30,27 @@ class ImageFile:
     sha256: str
 
 
-def relative_uri(rel: str, what: str = "image path") -> str:
-    """The normalised relative form of ``rel``; refuses absolute paths and ``..`` before touching the disk."""
+def check_lengths(path: str, what: str, limits: PathLimits) -> None:
+    """PATH_MAX / NAME_MAX style bounds (UTF-8 bytes), before the path reaches the filesystem."""
+    size = len(path.encode())
+    if size > limits.path_bytes:
+        raise PathRejected(f"{what} is {size} bytes long, over the limit of {limits.path_bytes}")
+    longest = max(path.split("/"), key=lambda part: len(part.encode()))
+    if len(longest.encode()) > limits.name_bytes:
+        raise PathRejected(
+            f"{what} has a component of {len(longest.encode())} bytes, over the limit of {limits.name_bytes} "
+            f"(starts {longest[:24]!r})"
+        )
+
+
+def relative_uri(rel: str, what: str = "image path", limits: PathLimits = PathLimits()) -> str:
+    """The normalised relative form of ``rel``; refuses absolute, over-long paths and ``..`` before touching the
+    disk."""
     if not rel:
         raise PathRejected(f"missing {what}")
-    if "\x00" in rel:
-        raise PathRejected(f"{what} contains a NUL character")
+    if (problem := unstorable_text(rel)) is not None:
+        raise PathRejected(f"{what} contains {problem}")
+    check_lengths(rel, what, limits)
     if "\\" in rel:
         # On POSIX a backslash is an ordinary character, so "..\\x" would not escape, but it is almost
         # always a Windows path that would then name the wrong file: say so instead of guessing.
@@ -46,18 +63,23 @@ def relative_uri(rel: str, what: str = "image path") -> str:
     return str(pure)
 
 
-def resolve_inside(root: Path, rel: str, what: str = "image path") -> tuple[str, Path]:
+def resolve_inside(
+    root: Path, rel: str, what: str = "image path", limits: PathLimits = PathLimits()
+) -> tuple[str, Path]:
     """``(uri, real path)``; the real path, after following every symlink, must stay under the real root.
 
     The containment check comes before the existence check, so a client learns nothing about files
-    outside the root.
+    outside the root. Lengths are checked first (of ``rel``, of the root joined with it, and of the real path),
+    so an over-long path is refused, never passed to the filesystem.
     """
-    uri = relative_uri(rel, what)
+    uri = relative_uri(rel, what, limits)
     real_root = Path(os.path.realpath(root))
+    check_lengths(f"{real_root}/{uri}", f"{what} under the dataset root", limits)
     real = Path(os.path.realpath(real_root / uri))
     if not real.is_relative_to(real_root):
         raise PathRejected(f"{what} resolves outside the dataset root (symlink escape): {rel!r}")
-    if not real.exists():
+    check_lengths(str(real), f"{what} (resolved)", limits)
+    if not os.path.exists(real):  # not Path.exists: that raises on EACCES; a file we cannot stat is not found
         raise PathRejected(f"file not found: {uri}")
     return uri, real
 
@@ -79,10 +101,10 @@ def check_image_bytes(data: bytes) -> None:
         raise PathRejected(f"unreadable image: {type(exc).__name__}: {exc}") from exc
 
 
-def read_image(root: Path, rel: str) -> ImageFile:
+def read_image(root: Path, rel: str, limits: PathLimits = PathLimits()) -> ImageFile:
     """Resolve, read, hash (sha256 of the file bytes) and check one image."""
-    uri, real = resolve_inside(root, rel)
-    if not real.is_file():
+    uri, real = resolve_inside(root, rel, "image path", limits)
+    if not os.path.isfile(real):
         raise PathRejected(f"image path is not a file: {uri}")
     try:
         data = real.read_bytes()
@@ -92,14 +114,35 @@ def read_image(root: Path, rel: str) -> ImageFile:
     return ImageFile(uri=uri, path=real, sha256=hashlib.sha256(data).hexdigest())
 
 
-def check_root(root: str) -> str:
-    """A dataset root: an existing, readable, absolute directory on this server (normalised, not resolved,
-    so a root reached through a mount symlink keeps its name; containment is checked against its real path)."""
-    if "\x00" in root:
-        raise PathRejected("root contains a NUL character")
+class RootNotAllowed(PathRejected):
+    """A root outside the allowed roots: the answer names neither the path nor whether it exists."""
+
+
+def check_allowed(root: str, allowed: Sequence[Path] | None) -> None:
+    """Refuse a root whose real path (every symlink followed) is not under one of the ``allowed`` directories
+    (None: anywhere, the embedded default; an empty list: nowhere)."""
+    if allowed is None:
+        return
+    if not allowed:
+        raise RootNotAllowed(
+            "no allowed dataset roots are configured (set CHEX_ALLOWED_ROOTS to the directories datasets may use)"
+        )
+    real = Path(os.path.realpath(root))
+    if not any(real.is_relative_to(os.path.realpath(a)) for a in allowed):
+        raise RootNotAllowed("root is outside the allowed dataset roots (CHEX_ALLOWED_ROOTS)")
+
+
+def check_root(root: str, allowed: Sequence[Path] | None = None, limits: PathLimits = PathLimits()) -> str:
+    """A dataset root: an existing, readable, absolute directory on this server, under an allowed root
+    (normalised, not resolved, so a root reached through a mount symlink keeps its name; containment is checked
+    against its real path). Existence is only looked at once the root is known to be allowed."""
+    if (problem := unstorable_text(root)) is not None:
+        raise PathRejected(f"root contains {problem}")
     if not root or not os.path.isabs(root):
         raise PathRejected(f"root must be an absolute path: {root!r}")
+    check_lengths(root, "root", limits)
     normal = os.path.normpath(root)
+    check_allowed(normal, allowed)
     if not os.path.isdir(normal):
         raise PathRejected(f"root is not an existing directory on the server: {root!r}")
     if not os.access(normal, os.R_OK | os.X_OK):

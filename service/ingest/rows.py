@@ -5,9 +5,13 @@ from __future__ import annotations
 import codecs
 import csv
 import json
+import math
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
+
+from ..limits import TextLimits
 
 #: the columns / keys with a meaning of their own; everything else goes to ``meta``
 KNOWN_FIELDS = ("external_id", "image", "report", "labels")
@@ -52,11 +56,12 @@ class RowInput:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def decoded_lines(chunks: Iterable[bytes]) -> Iterator[str]:
+def decoded_lines(chunks: Iterable[bytes], line_bytes: int = TextLimits.line_bytes) -> Iterator[str]:
     """UTF-8 text lines (with their line endings) from byte chunks, without holding more than one line.
 
     Splitting on ``\\n`` bytes is safe in UTF-8 (it never occurs inside a multi-byte sequence), so a
     decoding error can be pinned to its line. A leading byte-order mark (Excel's CSV export) is dropped.
+    A line longer than ``line_bytes`` is a malformed body, refused before more of it is held.
     """
     pending = b""
     line_no = 0
@@ -65,9 +70,16 @@ def decoded_lines(chunks: Iterable[bytes]) -> Iterator[str]:
         *complete, pending = pending.split(b"\n")
         for raw in complete:
             line_no += 1
+            _check_length(raw, line_bytes, line_no)
             yield _decode(raw + b"\n", line_no)
+        _check_length(pending, line_bytes, line_no + 1)
     if pending:
         yield _decode(pending, line_no + 1)
+
+
+def _check_length(raw: bytes, line_bytes: int, line_no: int) -> None:
+    if len(raw) > line_bytes:
+        raise MalformedBody(f"line longer than {line_bytes} bytes", line_no)
 
 
 def _decode(raw: bytes, line_no: int) -> str:
@@ -76,7 +88,12 @@ def _decode(raw: bytes, line_no: int) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise MalformedBody(f"not valid UTF-8 ({exc.reason} at byte {exc.start})", line_no) from exc
+        try:
+            # UTF-8-encoded surrogates (CESU-8 / WTF-8 output): decodable text whose rows row_input then refuses
+            # one by one, as it does a JSON "\ud800" escape; any other bad byte is a malformed body
+            return raw.decode("utf-8", "surrogatepass")
+        except UnicodeDecodeError:
+            raise MalformedBody(f"not valid UTF-8 ({exc.reason} at byte {exc.start})", line_no) from exc
 
 
 HeaderCheck = Callable[[list[str]], str | None]
@@ -131,13 +148,53 @@ def iter_csv(lines: Iterable[str], check_header: HeaderCheck = SAMPLE_HEADER) ->
         yield RawRow(start, fields)
 
 
-def iter_jsonl(lines: Iterable[str]) -> Iterator[RawRow]:
-    """One JSON object per line; blank lines are skipped. Anything else is a malformed body."""
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+_JSON_BRACKET = re.compile(r"[\[\]{}]")
+
+
+def json_too_deep(text: str, limit: int) -> bool:
+    """Whether arrays and objects in a JSON text nest deeper than ``limit`` (brackets in strings do not count);
+    checked before parsing, since Python's parser recurses once per level."""
+    depth = 0
+    for bracket in _JSON_BRACKET.finditer(_JSON_STRING.sub('""', text)):
+        depth += 1 if bracket.group() in "[{" else -1
+        if depth > limit:
+            return True
+    return False
+
+
+def _refuse_constant(name: str) -> NoReturn:
+    raise RowRejected(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise RowRejected(f"number {text[:40]} is out of range")
+    return value
+
+
+def iter_jsonl(lines: Iterable[str], limits: TextLimits = TextLimits()) -> Iterator[RawRow]:
+    """One JSON object per line; blank lines are skipped. A line that is not a JSON object is a malformed body;
+    one nested deeper than ``limits.json_depth``, or with an integer of more than ``limits.json_int_digits``
+    digits, a float out of range or NaN / Infinity, is refused on its own."""
+
+    def bounded_int(text: str) -> int:
+        if len(text) - text.startswith("-") > limits.json_int_digits:
+            raise RowRejected(f"an integer has more than {limits.json_int_digits} digits")
+        return int(text)
+
     for line_no, line in enumerate(lines, start=1):
         if not line.strip():
             continue
+        if json_too_deep(line, limits.json_depth):
+            yield RawRow(line_no, {}, f"JSON nested deeper than {limits.json_depth} levels")
+            continue
         try:
-            value = json.loads(line)
+            value = json.loads(line, parse_int=bounded_int, parse_float=_finite_float, parse_constant=_refuse_constant)
+        except RowRejected as exc:
+            yield RawRow(line_no, {}, exc.reason)
+            continue
         except json.JSONDecodeError as exc:
             raise MalformedBody(f"invalid JSON ({exc.msg} at column {exc.colno})", line_no) from exc
         if not isinstance(value, dict):
@@ -167,15 +224,25 @@ def parse_labels(value: Any) -> list[str] | None:
     return labels
 
 
-def _has_nul(value: Any) -> bool:
-    # Postgres text and jsonb cannot hold U+0000: refuse the row rather than fail the whole insert.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def unstorable_text(value: Any) -> str | None:
+    """What makes a string (or any string in a JSON value) unstorable: Postgres text and jsonb hold neither
+    U+0000 nor a lone surrogate (which UTF-8 cannot encode); None when there is nothing. The row is refused
+    rather than failing the whole insert."""
     if isinstance(value, str):
-        return "\x00" in value
+        found = _UNSTORABLE.search(value)
+        if found is None:
+            return None
+        return "a NUL character" if found.group() == "\x00" else f"a lone surrogate (U+{ord(found.group()):04X})"
     if isinstance(value, dict):
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_has_nul(v) for v in value)
-    return False
+        items: Iterable[Any] = (x for kv in value.items() for x in kv)
+    elif isinstance(value, list):
+        items = value
+    else:
+        return None
+    return next((problem for item in items if (problem := unstorable_text(item)) is not None), None)
 
 
 def row_input(raw: RawRow) -> RowInput:
@@ -183,8 +250,8 @@ def row_input(raw: RawRow) -> RowInput:
     if raw.error:
         raise RowRejected(raw.error)
     fields = raw.fields
-    if _has_nul(fields):
-        raise RowRejected("a field contains a NUL character")
+    if (problem := unstorable_text(fields)) is not None:
+        raise RowRejected(f"a field contains {problem}")
     external_id = _text(fields, "external_id").strip()
     if not external_id:
         raise RowRejected("missing external_id")

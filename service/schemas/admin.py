@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from .runs import Phase
+from .runs import Phase, RunError
 
 ExportFormat = Literal["jsonl", "csv"]
 
@@ -47,7 +47,7 @@ class RunStats(BaseModel):
     epoch: int
     step: int
     curation_epochs: list[int] = Field(description="the epochs whose decisions these statistics cover")
-    samples_total: int = Field(description="accepted samples of the run's dataset")
+    samples_total: int = Field(description="accepted samples of the run's dataset, less those left out of this run")
     samples_seen: int = Field(description="distinct samples with a decision in the curation epochs")
     subset_size: int = Field(description="distinct samples kept in the curation epochs")
     subset_ratio: float = Field(description="subset_size / samples_total")
@@ -63,3 +63,4 @@ class RunStats(BaseModel):
     model_id: str | None
     checkpoint_step: int | None
     progress: dict[str, Any]
+    error: RunError | None = Field(None, description="the failing step of the run, when there is one")

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..limits import BIGINT_MAX
+
 SampleStatus = Literal["accepted", "rejected", "unreadable"]
+#: a sample id as a request body carries it: bounded to the column, so an absurd one is a 422
+SampleIdIn = Annotated[int, Field(ge=1, le=BIGINT_MAX)]
+#: most sample ids one exclusion or repair request may name
+MAX_SAMPLES_PER_REQUEST = 10_000
 
 
 class DatasetCreate(BaseModel):
@@ -42,12 +48,14 @@ class UploadResult(BaseModel):
 class DicomScanRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    folder: str = Field(".", min_length=1, description="directory relative to the dataset root")
-    view_positions: list[str] | None = Field(
-        None, min_length=1, description="keep only these ViewPosition values, e.g. ['PA', 'AP']"
+    folder: str = Field(".", min_length=1, max_length=4096, description="directory relative to the dataset root")
+    view_positions: list[Annotated[str, Field(max_length=16)]] | None = Field(
+        None, min_length=1, max_length=16, description="keep only these ViewPosition values, e.g. ['PA', 'AP']"
     )
     reports: str | None = Field(
-        None, description="sidecar .csv/.jsonl relative to the root: sop_uid or study_uid, report, labels"
+        None,
+        max_length=4096,
+        description="sidecar .csv/.jsonl relative to the root: sop_uid or study_uid, report, labels",
     )
     synthesize_reports: bool = False
 
@@ -91,3 +99,15 @@ class SamplePage(BaseModel):
     total: int
     limit: int
     offset: int
+
+
+class ExclusionRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    sample_ids: list[SampleIdIn] = Field(min_length=1, max_length=MAX_SAMPLES_PER_REQUEST)
+    reason: str = Field("excluded by an admin", min_length=1, max_length=2000)
+
+
+class ExclusionOut(BaseModel):
+    excluded: int = Field(description="samples now marked unreadable in the dataset")
+    runs: list[int] = Field(description="unfinished runs of the dataset that will not hand them out again")

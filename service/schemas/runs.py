@@ -7,13 +7,29 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..limits import BIGINT_MAX
+from .datasets import MAX_SAMPLES_PER_REQUEST, SampleIdIn
+
 Phase = Literal["warmup", "curation", "subset", "done"]
+
+
+class RunError(BaseModel):
+    """Why a run does not move on: its failing step and the error (``stopped``: leases answer 409 until an admin
+    repairs the run)."""
+
+    step: str = Field(description="warmup_kmeans or curation_step")
+    code: str
+    detail: str
+    failures: int = Field(description="times in a row the step failed")
+    stopped: bool
+    at: str
+    sample_ids: list[int] | None = Field(None, description="samples whose stored embeddings are unusable, if known")
 
 
 class RunCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    dataset_id: int = Field(ge=1)
+    dataset_id: int = Field(ge=1, le=BIGINT_MAX)
     config: dict[str, Any] = Field(default_factory=dict, description="CurationConfig fields; omitted ones default")
     model_id: str | None = Field(None, max_length=500, description="the trainer's embedding model")
 
@@ -32,6 +48,7 @@ class RunOut(BaseModel):
     model_id: str | None
     checkpoint_step: int | None
     created_at: datetime
+    error: RunError | None = Field(None, description="the failing step, when there is one")
     epoch_size: int | None = Field(None, description="rows of the current epoch (GET of one run only)")
     epoch_done: int | None = Field(None, description="rows of the current epoch acknowledged (GET of one run only)")
 
@@ -40,7 +57,41 @@ class ManifestRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model_id: str | None = Field(None, max_length=500)
-    checkpoint_step: int | None = Field(None, ge=0)
+    checkpoint_step: int | None = Field(None, ge=0, le=BIGINT_MAX)
+
+
+class UnreadableReport(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field("unreadable image", max_length=2000)
+    manifest_id: str | None = Field(None, max_length=36, description="the manifest holding the sample's lease")
+
+
+class ExclusionEntry(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    sample_id: int
+    source: Literal["trainer", "admin"]
+    reason: str
+    created_at: datetime
+
+
+class RepairRequest(BaseModel):
+    """An admin's repair of a run: leave samples out of it, optionally re-initialise its prototypes, and let its
+    failed step run again."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    exclude_samples: list[SampleIdIn] = Field(
+        default_factory=list,
+        max_length=MAX_SAMPLES_PER_REQUEST,
+        description="samples left out of this run: their stored embeddings in it are deleted and they are not "
+        "handed out again (e.g. the sample_ids of a bad_stored_embeddings error)",
+    )
+    reason: str = Field("excluded by an admin", min_length=1, max_length=2000)
+    reinit_prototypes: bool = Field(
+        False, description="k-means over warmup_samples of the run's stored embeddings as its next prototype version"
+    )
 
 
 class ManifestItem(BaseModel):

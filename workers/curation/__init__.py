@@ -11,6 +11,7 @@ from .kmeans import init_prototypes
 from .offline import OfflineCuration, curate_offline
 from .selection import BAND_LABELS, Band, Selection, select_batch
 from .update import sinkhorn, update_prototypes
+from .validate import check_prototypes
 
 __all__ = [
     "BAND_LABELS",
@@ -22,6 +23,7 @@ __all__ = [
     "OfflineCuration",
     "Selection",
     "TorchBackend",
+    "check_prototypes",
     "compute_fraction",
     "curate_offline",
     "curation_features",

@@ -11,13 +11,13 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.bulk import insert_decisions
 from service.errors import ApiError
 from service.lifecycle import run_config
-from service.models import Decision, PrototypeVersion, Run
+from service.models import Decision, Embedding, PrototypeVersion, Run
 from workers.curation import Backend, CurationConfig, OfflineCuration, curate_offline
 
 from .progress import ProgressCallback, ProgressRecorder
@@ -59,6 +59,12 @@ def run_offline_curation(
     """
     with sessions() as session:
         config = run_config(_check_offline(session, session.get(Run, run_id), run_id))
+        # refused before the job starts, so a request that cannot run writes nothing (not even "failed" progress)
+        stored = session.scalar(select(func.count()).where(Embedding.run_id == run_id)) or 0
+        if not stored:
+            raise ApiError(409, "no_embeddings", f"run {run_id} has no stored embeddings to curate")
+        if stored < config.k:
+            raise ApiError(422, "cannot_curate", f"run {run_id} stores {stored} embeddings; k={config.k} needs more")
     recorder = ProgressRecorder(sessions, run_id, "offline_curation", progress)
     try:
         with sessions() as session:
