@@ -180,7 +180,9 @@ def test_dockerfile_stages_user_healthcheck_and_locked_install() -> None:
         build = " ".join(lineage(stages, f"{target}-build"))
         assert f"COPY {lock} " in build
         assert re.search(r"pip install --no-deps -r /tmp/requirements.txt", build), target
-        assert "pip install --no-deps --no-build-isolation -e ." in build and "pip check" in build
+        assert f"COPY --from={target}-build /opt/venv /opt/venv" in final
+        image = " ".join(final)
+        assert "pip install --no-deps --no-build-isolation -e ." in image and "pip check" in image
 
 
 def lock(name: str) -> dict[str, str]:
@@ -207,3 +209,67 @@ def test_locks_pin_torch_and_cover_the_project_dependencies() -> None:
             req = Requirement(line)
             assert canonicalize_name(req.name) in pins, f"{name}.txt lacks {req.name}"
             assert pins[canonicalize_name(req.name)] in req.specifier or req.name == "torch", line
+
+
+LOCAL = yaml.safe_load((ROOT / "compose.local.yml").read_text())
+#: services that run once and exit: judged by their exit code, so no healthcheck
+ONE_SHOT = {"migrate", "trainer"}
+
+
+def test_every_long_running_service_has_a_healthcheck() -> None:
+    image_healthcheck = any(ln.upper().startswith("HEALTHCHECK ") for ln in lineage(dockerfile_stages(), "cpu"))
+    for name, spec in SERVICES.items():
+        if name in ONE_SHOT:
+            assert spec["restart"] == "no" and spec["healthcheck"] == {"disable": True}, name
+            continue
+        check = spec.get("healthcheck")
+        if check is None:  # the app image's own HEALTHCHECK (the API's /healthz)
+            assert spec.get("image", "").startswith("${CHEX_IMAGE_CPU") and image_healthcheck, name
+        else:
+            assert check.get("disable") is not True and check["test"][0] in ("CMD", "CMD-SHELL"), name
+
+
+def test_services_start_through_the_cli_entry_points() -> None:
+    """Commands name the console scripts (chexcurate, chexcurate-train), never module paths, so a package
+    reorganisation cannot break the images."""
+    entry = next(ln for ln in lineage(dockerfile_stages(), "cpu") if ln.upper().startswith("ENTRYPOINT"))
+    assert entry.split(None, 1)[1] == '["chexcurate"]'
+    for name, spec in SERVICES.items():
+        text = " ".join(strings([spec.get("command", []), spec.get("entrypoint", [])]))
+        assert "python -m" not in text and not re.search(r"\b(service|workers|trainer)\.\w", text), name
+    assert SERVICES["trainer"]["entrypoint"] == ["chexcurate-train"]
+
+
+def local_image_tags() -> dict[str, str]:
+    script = (ROOT / "deploy" / "local-images.sh").read_text()
+    return dict(re.findall(r"^(BASE|POSTGRES|REDIS)=(\S+)$", script, re.MULTILINE))
+
+
+def test_local_override_swaps_only_base_images_for_the_ones_the_script_builds() -> None:
+    tags = local_image_tags()
+    assert set(tags) == {"BASE", "POSTGRES", "REDIS"}
+    overridden: dict = LOCAL["services"]
+    assert set(overridden) <= set(SERVICES)
+    assert overridden["postgres"] == {"image": tags["POSTGRES"]}
+    assert overridden["redis"] == {"image": tags["REDIS"]}
+    cpu_services = {n for n, s in SERVICES.items() if s.get("build", {}).get("target") == "cpu"}
+    assert cpu_services == {"migrate", "api", "worker-cpu"}
+    for name in cpu_services:
+        assert overridden[name] == {"build": {"args": {"PYTHON_IMAGE": tags["BASE"]}}}, name
+    # the build argument is the one the CPU stages are built FROM
+    assert "ARG PYTHON_IMAGE=python:3.11-slim-bookworm" in (ROOT / "Dockerfile").read_text()
+    assert dockerfile_stages()["cpu-base"][0] == "FROM python:3.11-slim-bookworm"
+    for name in ("postgres", "redis"):
+        dockerfile = (ROOT / "deploy" / "local" / f"{name}.Dockerfile").read_text()
+        users = re.findall(r"^USER (\S+)$", dockerfile, re.MULTILINE)
+        assert users and users[-1] not in ("root", "0"), name
+        assert f"ARG BASE={tags['BASE']}" in dockerfile
+
+
+def test_build_context_leaves_local_state_out() -> None:
+    ignored = {ln.strip() for ln in (ROOT / ".dockerignore").read_text().splitlines() if ln and ln[0] != "#"}
+    assert {".git", ".venv", "**/.venv", ".env", "data", "runs", ".cache", "**/__pycache__"} <= ignored
+    assert {".pytest_cache", ".mypy_cache", ".ruff_cache", ".hypothesis", "*.db"} <= ignored
+    assert not {"deploy", "deploy/wheels", "requirements"} & ignored  # the build needs them
+    gitignored = (ROOT / ".gitignore").read_text().split()
+    assert "deploy/wheels/*" in gitignored  # wheels a host supplies never land in git
