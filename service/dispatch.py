@@ -25,12 +25,14 @@ from .config import Settings
 from .errors import ApiError, ServiceUnavailable, from_envelope, is_envelope
 from .handover import hand_over
 from .ingest import run_dicom_scan
+from .ingest.importer import run_import
 from .jobs.neighbours import IndexState, NeighbourIndexCache
 from .jobs.offline import run_offline_curation
 from .models import Run
 from .runs.posts import apply_embeddings
 from .runs.schedule import init_or_record
 from .schemas.datasets import DicomScanRequest, DicomScanResult
+from .schemas.imports import ImportRequest, ImportResult
 from .schemas.tasks import TaskAccepted, TaskStatus
 
 #: latency-critical: one curated batch per training step
@@ -43,7 +45,8 @@ TASK_INIT_PROTOTYPES = "chexcurate.init_prototypes"
 TASK_DICOM_SCAN = "chexcurate.dicom_scan"
 TASK_OFFLINE = "chexcurate.offline_curation"
 TASK_NEIGHBOUR_INDEX = "chexcurate.neighbour_index"
-REFRESH_TASKS = (TASK_INIT_PROTOTYPES, TASK_DICOM_SCAN, TASK_OFFLINE, TASK_NEIGHBOUR_INDEX)
+TASK_IMPORT = "chexcurate.dataset_import"
+REFRESH_TASKS = (TASK_INIT_PROTOTYPES, TASK_DICOM_SCAN, TASK_OFFLINE, TASK_NEIGHBOUR_INDEX, TASK_IMPORT)
 
 
 def make_celery(settings: Settings, include: tuple[str, ...] = ()) -> Celery:
@@ -120,6 +123,19 @@ class Dispatcher:
             session.rollback()
             raise
 
+    def dataset_import(
+        self, session: Session, dataset_id: int, root: Path, request: ImportRequest, background: bool
+    ) -> ImportResult | TaskAccepted:
+        """A public set imported from its published layout, here (rolled back on any error)."""
+        return run_import(
+            session,
+            dataset_id,
+            root,
+            request,
+            paths=self.settings.path_limits(),
+            text=self.settings.text_limits(),
+        )
+
     def neighbour_index(self, run_id: int) -> IndexState | TaskAccepted:
         """The run's current neighbour index, built here if it is not yet."""
         return self.neighbour_indexes.get(self.sessions, run_id)
@@ -182,6 +198,13 @@ class Queued(Dispatcher):
         if not background:
             return super().dicom_scan(session, dataset_id, root, request, background)
         return self._submit(TASK_DICOM_SCAN, [dataset_id, request.model_dump()])
+
+    def dataset_import(
+        self, session: Session, dataset_id: int, root: Path, request: ImportRequest, background: bool
+    ) -> ImportResult | TaskAccepted:
+        if not background:
+            return super().dataset_import(session, dataset_id, root, request, background)
+        return self._submit(TASK_IMPORT, [dataset_id, request.model_dump()])
 
     def neighbour_index(self, run_id: int) -> IndexState | TaskAccepted:
         """The run's current index when a worker has built it (or it is in memory); else the (shared) task

@@ -51,6 +51,8 @@ class Sample(Base):
     __table_args__ = (
         UniqueConstraint("dataset_id", "external_id", name="uq_samples_dataset_external"),
         Index("ix_samples_dataset_status", "dataset_id", "status"),
+        Index("ix_samples_dataset_patient", "dataset_id", "patient_id"),
+        Index("ix_samples_dataset_study", "dataset_id", "study_id"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -66,6 +68,11 @@ class Sample(Base):
     rejection_reason: Mapped[str | None] = mapped_column(Text)
     study_uid: Mapped[str | None] = mapped_column(String(128))
     sop_uid: Mapped[str | None] = mapped_column(String(128))
+    #: the patient and the study the image belongs to, as the set names them (evaluation splits and near-duplicate
+    #: statistics group by them); ``split`` is the set's official split, as published
+    patient_id: Mapped[str | None] = mapped_column(String(128))
+    study_id: Mapped[str | None] = mapped_column(String(128))
+    split: Mapped[str | None] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -87,6 +94,8 @@ class Run(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     #: the failing step that stops the run, or counts towards stopping it (runs.failures); None when healthy
     error: Mapped[dict[str, Any] | None] = mapped_column(NullableJson, default=None)
+    #: the named embedding set offline curation reads (None: the run's own embeddings)
+    embedding_set_id: Mapped[int | None] = mapped_column(ForeignKey("embedding_sets.id", ondelete="SET NULL"))
 
 
 class RunExclusion(Base):
@@ -151,6 +160,32 @@ class Embedding(Base):
     dim: Mapped[int] = mapped_column(Integer)
     vector: Mapped[bytes] = mapped_column(LargeBinary)
     step: Mapped[int] = mapped_column(Integer)
+
+
+class NamedSet(Base):
+    """A named embedding set: one encoder's embeddings of a dataset's samples, stored once and read by many runs."""
+
+    __tablename__ = "embedding_sets"
+    __table_args__ = (UniqueConstraint("dataset_id", "name", name="uq_embedding_sets_dataset_name"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(200))
+    model_id: Mapped[str] = mapped_column(String(500))  # the encoder
+    #: the key of its uploads (sample_id | external_id); offline curation takes the rows in that key's order
+    id_key: Mapped[str | None] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class SetEmbedding(Base):
+    """The latest embedding of a sample in a named set, as float16 bytes."""
+
+    __tablename__ = "set_embeddings"
+
+    set_id: Mapped[int] = mapped_column(ForeignKey("embedding_sets.id", ondelete="CASCADE"), primary_key=True)
+    sample_id: Mapped[int] = mapped_column(ForeignKey("samples.id", ondelete="CASCADE"), primary_key=True)
+    dim: Mapped[int] = mapped_column(Integer)
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class PrototypeVersion(Base):

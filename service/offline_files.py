@@ -1,18 +1,14 @@
-"""Files around offline curation: the bulk ``.npz`` embedding format and subset exports."""
+"""Files around offline curation: the bulk ``.npz`` embedding format (keyed by sample_id or external_id)."""
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import json
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-
-from .curation import BAND_LABELS, CurationConfig, OfflineCuration
 
 EXPORT_SUFFIXES = (".jsonl", ".csv")
 
@@ -29,32 +25,40 @@ class EmbeddingFileError(ValueError):
     """The embedding file is unreadable or does not follow the ``sample_id`` / ``embedding`` format."""
 
 
-def load_embeddings(path: Path) -> tuple[NDArray[np.int64], NDArray[np.floating]]:
-    """Read ``sample_id`` (int64, unique) and ``embedding`` (float16/32, ``[n, D]``) from an ``.npz``."""
+def load_embeddings(path: Path) -> tuple[str, NDArray, NDArray[np.floating]]:
+    """``(key, keys, embedding)`` from an ``.npz``: ``sample_id`` (int64) or ``external_id`` (strings), unique, and
+    ``embedding`` (float16/32, ``[n, D]``); ``key`` names which key the file uses."""
     try:
         with np.load(path, allow_pickle=False) as data:
-            arrays = {name: data[name] for name in data.files if name in ("sample_id", "embedding")}
+            arrays = {name: data[name] for name in data.files if name in ("sample_id", "external_id", "embedding")}
             found = sorted(data.files)
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise EmbeddingFileError(f"{path}: not a readable .npz file ({exc})") from exc
-    missing = {"sample_id", "embedding"} - set(arrays)
-    if missing:
-        raise EmbeddingFileError(f"{path}: missing array(s) {sorted(missing)}; found {found}")
-    ids, emb = arrays["sample_id"], arrays["embedding"]
-    if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
-        raise EmbeddingFileError(f"{path}: sample_id must be a 1-D integer array, got {ids.dtype} {ids.shape}")
+    keys = [k for k in ("sample_id", "external_id") if k in arrays]
+    if len(keys) != 1 or "embedding" not in arrays:
+        raise EmbeddingFileError(
+            f"{path}: missing array(s): needs one of sample_id or external_id, and embedding; found {found}"
+        )
+    key = keys[0]
+    ids, emb = arrays[key], arrays["embedding"]
+    kind_ok = np.issubdtype(ids.dtype, np.integer) if key == "sample_id" else ids.dtype.kind == "U"
+    if ids.ndim != 1 or not kind_ok:
+        wanted = "integer" if key == "sample_id" else "unicode string"
+        raise EmbeddingFileError(f"{path}: {key} must be a 1-D {wanted} array, got {ids.dtype} {ids.shape}")
     if emb.ndim != 2 or emb.dtype not in (np.float16, np.float32):
         raise EmbeddingFileError(f"{path}: embedding must be a 2-D float16/float32 array, got {emb.dtype} {emb.shape}")
     if len(ids) != len(emb):
-        raise EmbeddingFileError(f"{path}: {len(ids)} sample ids but {len(emb)} embedding rows")
+        raise EmbeddingFileError(f"{path}: {len(ids)} {key.replace('_', ' ')}s but {len(emb)} embedding rows")
     unique, counts = np.unique(ids, return_counts=True)
     if (counts > 1).any():
-        raise EmbeddingFileError(f"{path}: duplicate sample ids {unique[counts > 1][:10].tolist()}")
-    return ids.astype(np.int64), emb
+        raise EmbeddingFileError(f"{path}: duplicate {key.replace('_', ' ')}s {unique[counts > 1][:10].tolist()}")
+    return key, ids.astype(np.int64) if key == "sample_id" else ids, emb
 
 
-def save_embeddings(path: Path, ids: NDArray[np.int64], embedding: NDArray, **extra: NDArray) -> None:
-    arrays: dict[str, Any] = {"sample_id": ids.astype(np.int64), "embedding": embedding, **extra}
+def save_embeddings(path: Path, ids: NDArray, embedding: NDArray, key: str = "sample_id", **extra: NDArray) -> None:
+    """The bulk format: ``sample_id`` (int64) or ``external_id`` (strings), and ``embedding``."""
+    keys = ids.astype(np.int64) if key == "sample_id" else np.asarray(ids, dtype=str)
+    arrays: dict[str, Any] = {key: keys, "embedding": embedding, **extra}
     np.savez(path, **arrays)
 
 
@@ -64,43 +68,3 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def export_subset(
-    path: Path, ids: NDArray[np.int64], result: OfflineCuration, config: CurationConfig, source: Path
-) -> dict[str, Any]:
-    """Write kept rows as JSONL or CSV (by suffix) and a ``.provenance.json`` beside them; return provenance."""
-    check_export_path(path)
-    kept = np.flatnonzero(result.keep)
-    provenance = {
-        "mode": "offline",
-        "source": str(source),
-        "source_sha256": file_sha256(source),
-        "config": config.model_dump(),
-        "prototypes": result.prototypes.tolist(),
-        "rows": int(len(ids)),
-        "subset_size": int(len(kept)),
-        "subset_ratio": result.subset_ratio,
-        "band_counts": result.band_counts(),
-    }
-    fields = ("sample_id", "prototype", "distance", "band", "batch")
-    rows = (
-        (
-            int(ids[i]),
-            int(result.prototype[i]),
-            float(result.distance[i]),
-            BAND_LABELS[result.band[i]],
-            int(result.batch[i]),
-        )
-        for i in kept
-    )
-    if path.suffix == ".csv":
-        with path.open("w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(fields)
-            writer.writerows(rows)
-    else:
-        with path.open("w") as fh:
-            fh.writelines(json.dumps(dict(zip(fields, row, strict=True))) + "\n" for row in rows)
-    path.with_name(path.name + ".provenance.json").write_text(json.dumps(provenance, indent=2))
-    return provenance

@@ -200,8 +200,12 @@ def band_count_array(counts: BandCounts) -> NDArray[np.int64]:
     return np.array([getattr(counts, label) for label in BAND_LABELS], dtype=np.int64)
 
 
-def subset_rows(session: Session, run: Run, chunk: int = 2000) -> Iterator[dict[str, Any]]:
-    """The curated subset, one row per sample (its first kept decision), ordered by sample id, streamed."""
+def subset_rows(
+    session: Session, run: Run, chunk: int = 2000, offset: int = 0, limit: int | None = None
+) -> Iterator[dict[str, Any]]:
+    """The curated subset, one row per sample (its first kept decision), ordered by sample id, streamed (rows
+    ``offset .. offset + limit`` of it when given): the export columns plus what the training formats carry (report,
+    labels, patient, study, split)."""
     first = (
         select(
             Decision.sample_id,
@@ -227,14 +231,23 @@ def subset_rows(session: Session, run: Run, chunk: int = 2000) -> Iterator[dict[
             first.c.distance,
             first.c.epoch,
             first.c.step,
+            Sample.report,
+            Sample.report_synthetic,
+            Sample.labels,
+            Sample.patient_id,
+            Sample.study_id,
+            Sample.split,
         )
         .join(first, first.c.sample_id == Sample.id)
         .where(first.c.rank == 1)
         .order_by(Sample.id)
+        .offset(offset)
+        .limit(limit)
         .execution_options(yield_per=chunk)
     )
     for row in session.execute(stmt):
-        sample_id, external_id, image_uri, band, prototype, distance, epoch, step = row
+        sample_id, external_id, image_uri, band, prototype, distance, epoch, step, *extra = row
+        report, synthetic, labels, patient_id, study_id, split = extra
         yield {
             "sample_id": sample_id,
             "external_id": external_id,
@@ -244,6 +257,12 @@ def subset_rows(session: Session, run: Run, chunk: int = 2000) -> Iterator[dict[
             "distance": distance,
             "epoch": epoch,
             "step": step,
+            "report": report,
+            "report_synthetic": synthetic,
+            "labels": list(labels or []),
+            "patient_id": patient_id,
+            "study_id": study_id,
+            "split": split,
         }
 
 
@@ -254,6 +273,7 @@ def export_provenance(session: Session, run: Run) -> dict[str, Any]:
     return {
         "run_id": run.id,
         "dataset_id": run.dataset_id,
+        "embedding_set_id": run.embedding_set_id,
         "config": run.config,
         "seed": run.seed,
         "model_id": run.model_id,

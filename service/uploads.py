@@ -224,8 +224,40 @@ def _read_member(stream: IO[bytes], header: NpyHeader, info: zipfile.ZipInfo) ->
     return _view(data, header)
 
 
-def read_npz(file: IO[bytes], limits: ArrayLimits) -> tuple[NDArray, NDArray]:
-    """``sample_id`` (int64, unique) and ``embedding`` ``[n, D]`` from a bulk archive, bounded by ``limits``."""
+#: the keys a bulk archive may carry its rows' samples by: the service's ids, or the dataset's own external ids
+BULK_KEYS = ("sample_id", "external_id")
+#: characters of an external id (Sample.external_id is VARCHAR(500))
+EXTERNAL_ID_CHARS = 500
+
+
+@dataclass(frozen=True)
+class BulkArrays:
+    """A bulk archive's rows: ``keys`` are int64 sample ids (``key == "sample_id"``) or external ids (``str``)."""
+
+    key: str
+    keys: NDArray
+    embedding: NDArray
+
+
+def _check_keys_header(key: str, header: NpyHeader) -> None:
+    if len(header.shape) != 1:
+        raise ApiError(422, "bad_ids", f"{key} must be a 1-D array, got shape {list(header.shape)}")
+    if key == "sample_id" and header.dtype.kind not in "iu":
+        raise ApiError(
+            422, "bad_ids", f"sample_id must be a 1-D integer array, got {header.dtype} {list(header.shape)}"
+        )
+    if key == "external_id" and (header.dtype.kind != "U" or header.dtype.itemsize > 4 * EXTERNAL_ID_CHARS):
+        raise ApiError(
+            422,
+            "bad_ids",
+            f"external_id must be a 1-D unicode string array of at most {EXTERNAL_ID_CHARS} characters "
+            f"(numpy dtype <U{EXTERNAL_ID_CHARS} or narrower), got {header.dtype}",
+        )
+
+
+def read_bulk(file: IO[bytes], limits: ArrayLimits) -> BulkArrays:
+    """``sample_id`` (int64) or ``external_id`` (strings), unique, and ``embedding`` ``[n, D]`` from a bulk
+    archive, bounded by ``limits``."""
     try:
         directory = central_directory(file)
         if directory is None:
@@ -236,32 +268,30 @@ def read_npz(file: IO[bytes], limits: ArrayLimits) -> tuple[NDArray, NDArray]:
                 413,
                 "too_many_members",
                 f"the archive lists {entries} members in {size} bytes of directory; at most {limits.npz_members} "
-                "are accepted (sample_id and embedding are needed)",
+                "are accepted (sample_id or external_id, and embedding are needed)",
                 limit=limits.npz_members,
             )
         file.seek(0)
         with zipfile.ZipFile(file) as archive:
             names = set(archive.namelist())
-            if not {"sample_id.npy", "embedding.npy"} <= names:
+            keys = [k for k in BULK_KEYS if f"{k}.npy" in names]
+            if len(keys) != 1 or "embedding.npy" not in names:
                 found = sorted(n.removesuffix(".npy") for n in names)
-                raise ApiError(422, "missing_arrays", f"the .npz needs sample_id and embedding, found {found}")
-            ids_info, emb_info = _member(archive, "sample_id.npy"), _member(archive, "embedding.npy")
+                needs = "one of sample_id or external_id" if len(keys) > 1 else "sample_id (or external_id)"
+                raise ApiError(422, "missing_arrays", f"the .npz needs {needs} and embedding, found {found}")
+            key = keys[0]
+            ids_info, emb_info = _member(archive, f"{key}.npy"), _member(archive, "embedding.npy")
             inflated = ids_info.file_size + emb_info.file_size
             if inflated > limits.inflated_bytes:
                 raise ApiError(
                     413,
                     "inflated_too_large",
-                    f"sample_id and embedding inflate to {inflated} bytes, over the limit of {limits.inflated_bytes}",
+                    f"{key} and embedding inflate to {inflated} bytes, over the limit of {limits.inflated_bytes}",
                     limit=limits.inflated_bytes,
                 )
             with archive.open(ids_info) as ids_stream, archive.open(emb_info) as emb_stream:
-                ids_header = npy_header(ids_stream, "bad_npz", "sample_id")
-                if ids_header.dtype.kind not in "iu" or len(ids_header.shape) != 1:
-                    raise ApiError(
-                        422,
-                        "bad_ids",
-                        f"sample_id must be a 1-D integer array, got {ids_header.dtype} {list(ids_header.shape)}",
-                    )
+                ids_header = npy_header(ids_stream, "bad_npz", key)
+                _check_keys_header(key, ids_header)
                 emb_header = npy_header(emb_stream, "bad_npz", "embedding")
                 _check_header(emb_header, "embedding", FLOAT_DTYPES, ids_header.shape[0])
                 ids = _read_member(ids_stream, ids_header, ids_info)
@@ -270,8 +300,20 @@ def read_npz(file: IO[bytes], limits: ArrayLimits) -> tuple[NDArray, NDArray]:
         raise ApiError(400, "bad_npz", f"body is not a readable .npz archive ({exc})") from exc
     if ids.dtype.kind == "u" and ids.dtype.itemsize == 8 and len(ids) and int(ids.max()) > np.iinfo(np.int64).max:
         raise ApiError(422, "bad_ids", "sample ids beyond the int64 range")
+    if key == "external_id":
+        ids = np.char.strip(ids)
+        if len(ids) and (np.char.str_len(ids) == 0).any():
+            raise ApiError(422, "bad_ids", "empty external ids")
     uniq, counts = np.unique(ids, return_counts=True)
     if (counts > 1).any():
-        raise ApiError(422, "duplicate_ids", f"duplicate sample ids {uniq[counts > 1][:10].tolist()}")
+        raise ApiError(422, "duplicate_ids", f"duplicate {key}s {uniq[counts > 1][:10].tolist()}")
     check_embeddings(emb, len(ids), None, "embedding")
-    return ids.astype(np.int64), emb
+    return BulkArrays(key, ids.astype(np.int64) if key == "sample_id" else ids, emb)
+
+
+def read_npz(file: IO[bytes], limits: ArrayLimits) -> tuple[NDArray, NDArray]:
+    """``sample_id`` (int64, unique) and ``embedding`` ``[n, D]`` from a bulk archive keyed by sample id."""
+    bulk = read_bulk(file, limits)
+    if bulk.key != "sample_id":
+        raise ApiError(422, "missing_arrays", "the .npz needs sample_id and embedding, found external_id")
+    return bulk.keys, bulk.embedding

@@ -135,7 +135,7 @@ def test_an_unknown_format_is_a_json_422(client, admin, seeded, fmt) -> None:
 def test_a_large_subset_streams_in_chunks_in_sample_order(client, admin, app) -> None:
     from sqlalchemy import insert
 
-    from service.api.admin import ROWS_PER_CHUNK
+    from service.exports.source import ROWS_PER_CHUNK
     from service.models import Run, Sample
 
     n = 2 * ROWS_PER_CHUNK + 345

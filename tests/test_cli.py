@@ -36,16 +36,23 @@ def test_curate_exports_subset_with_provenance(embeddings: Path, tmp_path: Path,
     result = runner.invoke(app, ["curate", str(embeddings), "--out", str(out), "--k", "4", "--warmup-samples", "500"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout.strip().splitlines()[-1])
+    # the service's export convention: the provenance first (a JSONL record, a CSV comment), steps from 1
     if suffix == ".jsonl":
-        rows = [json.loads(line) for line in out.read_text().splitlines()]
+        first, *lines = out.read_text().splitlines()
+        inline = json.loads(first)["provenance"]
+        rows = [json.loads(line) for line in lines]
     else:
-        rows = list(csv.DictReader(out.open()))
+        first, *lines = out.read_text().splitlines()
+        inline = json.loads(first.removeprefix("# "))["provenance"]
+        rows = list(csv.DictReader(lines))
     assert len(rows) == summary["subset_size"] > 0
+    assert min(int(r["step"]) for r in rows) >= 1 and {int(r["epoch"]) for r in rows} == {1}
     assert {r["band"] for r in rows} <= {"support", "central_kept"}
     assert len({int(r["sample_id"]) for r in rows}) == len(rows)
     provenance = json.loads(Path(str(out) + ".provenance.json").read_text())
     assert provenance["config"]["k"] == 4 and provenance["subset_size"] == len(rows)
     assert len(provenance["source_sha256"]) == 64 and len(provenance["prototypes"]) == 4
+    assert inline == provenance
 
 
 def write_npz(path: Path, **arrays) -> Path:

@@ -16,9 +16,17 @@ from celery import Task
 from celery.signals import worker_init, worker_process_init
 
 from service.config import get_settings
-from service.dispatch import TASK_CURATE, TASK_DICOM_SCAN, TASK_INIT_PROTOTYPES, TASK_NEIGHBOUR_INDEX, TASK_OFFLINE
+from service.dispatch import (
+    TASK_CURATE,
+    TASK_DICOM_SCAN,
+    TASK_IMPORT,
+    TASK_INIT_PROTOTYPES,
+    TASK_NEIGHBOUR_INDEX,
+    TASK_OFFLINE,
+)
 from service.errors import ApiError, to_envelope
 from service.handover import Handover, drop, take
+from service.jobs.dataset_import import import_dataset
 from service.jobs.dicom_scan import scan_dataset
 from service.jobs.offline import run_offline_curation
 from service.jobs.warmup import initialise_prototypes
@@ -101,6 +109,22 @@ def dicom_scan(self: Task, dataset_id: int, request: dict[str, Any]) -> dict[str
             self.update_state(state="PROGRESS", meta={"stage": "dicom scan", "current": done, "total": total})
 
     return scan_dataset(worker_state().sessions, dataset_id, request, get_settings(), progress)
+
+
+@app.task(name=TASK_IMPORT, bind=True)
+@answers_errors
+def dataset_import(self: Task, dataset_id: int, request: dict[str, Any]) -> dict[str, Any]:
+    """Import a public set from its published layout, with progress (the main table's bytes, or report files) in
+    the task state."""
+    last = [0.0]
+
+    def progress(done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - last[0] >= 1.0 or done == total:
+            last[0] = now
+            self.update_state(state="PROGRESS", meta={"stage": "import", "current": done, "total": total})
+
+    return import_dataset(worker_state().sessions, dataset_id, request, get_settings(), progress)
 
 
 @app.task(name=TASK_OFFLINE, bind=True)

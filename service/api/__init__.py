@@ -2,11 +2,13 @@
 
 from fastapi import APIRouter
 
-from . import admin, datasets, health, manifests, neighbours, runs, tasks
+from . import admin, datasets, embedding_sets, health, imports, manifests, neighbours, runs, tasks
 
 router = APIRouter()
 router.include_router(health.router)
 router.include_router(datasets.router)
+router.include_router(imports.router)
+router.include_router(embedding_sets.router)
 router.include_router(runs.router)
 router.include_router(manifests.router)
 router.include_router(admin.router)

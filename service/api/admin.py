@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
-import itertools
-import json
 from collections.abc import Iterator
 from typing import Annotated, Any
 
@@ -14,16 +10,15 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session, sessionmaker
 
 from .. import stats
-from ..db import is_postgres
+from ..errors import ApiError
+from ..exports import FORMATS, export_source
+from ..exports.formats import SHARD_SAMPLES, webdataset_tar
 from ..runs.access import load_run
 from ..schemas.admin import ExportFormat, RunStats
 from ..stats_plot import band_figure_png
 from .deps import AdminDep, RunId, SessionDep
 
 router = APIRouter(prefix="/v1/runs", tags=["admin"])
-
-MEDIA_TYPES = {"jsonl": "application/x-ndjson", "csv": "text/csv; charset=utf-8"}
-ROWS_PER_CHUNK = 1000
 
 
 @router.get("/{run_id}/stats", response_model=RunStats)
@@ -54,54 +49,58 @@ def run_stats_png(run_id: RunId, session: SessionDep, _: AdminDep) -> Response:
 @router.get(
     "/{run_id}/subset",
     response_class=StreamingResponse,
-    responses={200: {"content": {"application/x-ndjson": {}, "text/csv": {}}}},
+    responses={200: {"content": {spec.media_type.split(";")[0]: {} for spec in FORMATS.values()}}},
 )
 def export_subset(
     run_id: RunId,
     request: Request,
     _: AdminDep,
-    fmt: Annotated[ExportFormat, Query(alias="format", description="jsonl or csv")] = "jsonl",
+    fmt: Annotated[ExportFormat, Query(alias="format", description="the export format (docs/DATA.md)")] = "jsonl",
+    shard: Annotated[
+        int | None, Query(ge=0, le=10**9, description=f"webdataset: only shard N ({SHARD_SAMPLES} samples each)")
+    ] = None,
 ) -> StreamingResponse:
-    """Stream the curated subset: one row per kept sample (its first kept decision), ordered by sample id.
+    """Stream the curated subset: one row per kept sample (its first kept decision), ordered by sample id; steps
+    count from 1.
 
-    Columns: sample_id, external_id, image_uri, band, prototype, distance, epoch, step.
+    ``jsonl`` / ``csv``: columns sample_id, external_id, image_uri, band, prototype, distance, epoch, step; the
+    first line is ``{"provenance": {...}}`` (in CSV a comment line ``# {...}`` before the header). ``openclip-csv``:
+    tab-separated ``filepath`` and ``title``. ``webdataset``: a tar of ``.png``/``.jpg``, ``.txt``, ``.json`` per
+    sample (``shard=N`` for one shard of 1,000; the ``X-Shards`` header counts them). ``parquet``: the provenance
+    in the schema metadata. ``ids``: DataComp's sorted ``u8,u8`` uid array (.npy). ``chexficient``: the authors'
+    ``subset.json``. Every format's provenance (run config, seed, prototype version, model id, ...) is also at
+    ``GET /v1/runs/{id}/subset/provenance`` (the ``Link`` header). On Postgres the export reads one snapshot."""
+    if shard is not None and fmt != "webdataset":
+        raise ApiError(422, "invalid_request", "shard applies to format=webdataset only")
+    spec = FORMATS[fmt]
+    chunks = _export(request.app.state.sessions, run_id, fmt, shard)
+    size = next(chunks)  # the run lookup happens here: an unknown run is a 404, not a broken stream
+    headers = {
+        "Content-Disposition": f'attachment; filename="{spec.filename.format(run=run_id)}"',
+        "Link": f'</v1/runs/{run_id}/subset/provenance?format={fmt}>; rel="describedby"',
+        "X-Subset-Size": str(size),
+    }
+    if fmt == "webdataset":
+        headers["X-Shards"] = str(-(-int(size) // SHARD_SAMPLES))
+    return StreamingResponse(chunks, media_type=spec.media_type, headers=headers)
 
-    Provenance travels in the body, so a saved file explains itself: the first line of either format is
-    ``{"provenance": {...}}`` (run id, dataset id, run config, seed, model_id, checkpoint_step,
-    prototype_version, phase, whether the subset is complete, curation epochs, subset_size, columns,
-    exported_at). In JSONL it is the first record; in CSV it is a comment line ``# {"provenance": ...}``
-    before the header (``pandas.read_csv(f, comment="#")`` skips it). On Postgres the export reads one
-    snapshot, so subset_size equals the number of rows that follow.
-    """
-    chunks = _export(request.app.state.sessions, run_id, fmt)
-    first = next(chunks)  # the run lookup happens here: an unknown run is a 404, not a broken stream
-    return StreamingResponse(
-        itertools.chain([first], chunks),
-        media_type=MEDIA_TYPES[fmt],
-        headers={"Content-Disposition": f'attachment; filename="run-{run_id}-subset.{fmt}"'},
-    )
+
+@router.get("/{run_id}/subset/provenance")
+def subset_provenance(
+    run_id: RunId,
+    session: SessionDep,
+    _: AdminDep,
+    fmt: Annotated[ExportFormat, Query(alias="format", description="the export format")] = "jsonl",
+) -> dict[str, Any]:
+    """The provenance of the run's subset export (the ``.provenance.json`` that ``chexcurate export`` writes)."""
+    return export_source(session, run_id, fmt).provenance
 
 
-def _export(sessions: sessionmaker[Session], run_id: int, fmt: ExportFormat) -> Iterator[str]:
+def _export(sessions: sessionmaker[Session], run_id: int, fmt: ExportFormat, shard: int | None) -> Iterator[Any]:
     with sessions() as session:
-        if is_postgres(session):
-            session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
-        run = load_run(session, run_id)
-        provenance = stats.export_provenance(session, run) | {"format": fmt}
-        line = json.dumps({"provenance": provenance}, separators=(",", ":"))
-        yield (line if fmt == "jsonl" else "# " + line) + "\n"
-        rows = stats.subset_rows(session, run, chunk=ROWS_PER_CHUNK)
-        if fmt == "csv":
-            yield ",".join(stats.EXPORT_COLUMNS) + "\r\n"
-        while batch := list(itertools.islice(rows, ROWS_PER_CHUNK)):
-            yield _jsonl(batch) if fmt == "jsonl" else _csv(batch)
-
-
-def _jsonl(batch: list[dict[str, Any]]) -> str:
-    return "".join(json.dumps(row, separators=(",", ":")) + "\n" for row in batch)
-
-
-def _csv(batch: list[dict[str, Any]]) -> str:
-    buf = io.StringIO()
-    csv.writer(buf).writerows([row[c] for c in stats.EXPORT_COLUMNS] for row in batch)
-    return buf.getvalue()
+        source = export_source(session, run_id, fmt)
+        yield source.size
+        if fmt == "webdataset":
+            yield from webdataset_tar(source, shard)
+        else:
+            yield from FORMATS[fmt].write(source)

@@ -56,7 +56,7 @@ def _accepted_counts(session: Session, ids: list[int]) -> dict[int, int]:
     return {dataset_id: count for dataset_id, count in rows.all()}
 
 
-def _readable_root(dataset: Dataset, settings: Settings) -> Path:
+def readable_root(dataset: Dataset, settings: Settings) -> Path:
     """The dataset's root, if it is still under the allowed roots (a dataset registered before they were set may
     not be): nothing is read from a root outside them."""
     try:
@@ -151,8 +151,12 @@ async def upload_samples(
     settings: SettingsDep,
     _: AdminDep,
     synthesize_reports: bool = False,
+    require_images: Annotated[
+        bool, Query(description="false: rows need no decodable image (a text-only or embedding-only dataset)")
+    ] = True,
 ) -> UploadResult:
-    """Upsert samples from a CSV or JSONL body (external_id, image, report, labels, other fields -> meta).
+    """Upsert samples from a CSV or JSONL body (external_id, image, report, labels, patient_id, study_id, split;
+    other fields -> meta).
 
     Rows are checked and written as the body streams in, in one transaction committed at the end: a
     malformed body (400) or an oversized one (413) leaves the dataset as it was.
@@ -163,10 +167,12 @@ async def upload_samples(
         raise ApiError(415, "unsupported_media_type", str(exc)) from exc
 
     def work() -> UploadResult:
-        root = _readable_root(load_dataset(session, dataset_id), settings)
+        root = readable_root(load_dataset(session, dataset_id), settings)
         rows = parse_body(_body_chunks(request), fmt, settings.text_limits())
         try:
-            outcome = ingest_rows(session, dataset_id, root, rows, synthesize_reports, settings.path_limits())
+            outcome = ingest_rows(
+                session, dataset_id, root, rows, synthesize_reports, settings.path_limits(), require_images
+            )
         except MalformedBody as exc:
             raise ApiError(400, "malformed_body", str(exc), line=exc.line) from exc
         return UploadResult(
@@ -198,7 +204,7 @@ def dicom_scan(
 ) -> DicomScanResult | TaskAccepted:
     """Scan a DICOM folder under the root (CR/DX only, optional view filter), reports from a sidecar.
     With ``background`` and workers, the scan runs on the refresh queue; poll ``status_url`` for progress."""
-    root = _readable_root(load_dataset(session, dataset_id), settings)
+    root = readable_root(load_dataset(session, dataset_id), settings)
     answer = dispatcher.dicom_scan(session, dataset_id, root, body, background)
     if isinstance(answer, TaskAccepted):
         response.status_code = status.HTTP_202_ACCEPTED

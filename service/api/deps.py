@@ -31,6 +31,7 @@ def get_session(request: Request) -> Iterator[Session]:
 #: path ids are bounded to what the database columns hold, so an absurd id is a 422, not a driver error
 DatasetId = Annotated[int, Path(ge=1, le=BIGINT_MAX, description="the dataset's id")]
 RunId = Annotated[int, Path(ge=1, le=BIGINT_MAX, description="the run's id")]
+SetId = Annotated[int, Path(ge=1, le=BIGINT_MAX, description="the embedding set's id")]
 SampleId = Annotated[int, Path(ge=1, le=BIGINT_MAX, description="the sample's id")]
 StepNo = Annotated[int, Path(ge=1, le=INT_MAX, description="the manifest's issue number within the run")]
 

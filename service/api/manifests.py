@@ -31,9 +31,9 @@ from ..schemas.runs import (
     StoredOut,
     UnreadableReport,
 )
+from ..storage.embedding_sets import sample_ids_of
 from ..storage.embedding_writer import upsert_embeddings
-from ..storage.samples import foreign_ids
-from ..uploads import check_embeddings, read_npy, read_npz
+from ..uploads import check_embeddings, read_bulk, read_npy
 from .body import read_body, spool_body, streamed_body
 from .deps import AdminDep, DispatcherDep, RunAccessDep, RunId, SampleId, SessionDep, SettingsDep, StepNo
 
@@ -232,21 +232,14 @@ def report_unreadable(
 
 def _bulk(session: Session, run_id: int, file: Any, settings: Settings) -> BulkOut:
     with file:
-        ids, emb = read_npz(file, settings.array_limits())
+        bulk = read_bulk(file, settings.array_limits())
     run = load_run(session, run_id)
     width = run_width(session, run.id)
-    check_embeddings(emb, None, width, "embedding")
-    missing = foreign_ids(session, run.dataset_id, ids)
-    if missing:
-        raise ApiError(
-            422,
-            "unknown_samples",
-            f"{len(missing)} sample ids are not in run {run_id}'s dataset, e.g. {missing[:10]}",
-            sample_ids=missing[:100],
-        )
-    upsert_embeddings(session, run.id, ids, emb, run.step)
+    check_embeddings(bulk.embedding, None, width, "embedding")
+    ids = sample_ids_of(session, run.dataset_id, bulk.key, bulk.keys)
+    upsert_embeddings(session, run.id, ids, bulk.embedding, run.step)
     session.commit()
-    return BulkOut(run_id=run.id, rows=len(ids), dim=int(emb.shape[1]))
+    return BulkOut(run_id=run.id, rows=len(ids), dim=int(bulk.embedding.shape[1]))
 
 
 @router.post(
@@ -260,7 +253,9 @@ def _bulk(session: Session, run_id: int, file: Any, settings: Settings) -> BulkO
 async def bulk_embeddings(
     run_id: RunId, request: Request, session: SessionDep, settings: SettingsDep, _: AdminDep
 ) -> BulkOut:
-    """Bulk upload for offline mode: an ``.npz`` with ``sample_id`` (int64) and ``embedding`` ``[n, D]``.
+    """Bulk upload for offline mode: an ``.npz`` with ``sample_id`` (int64) or ``external_id`` (the dataset's own
+    ids, a unicode array) and ``embedding`` ``[n, D]`` (stored as float16). To reuse embeddings across runs, upload
+    them once into a named embedding set instead (``POST /v1/embedding-sets/{id}/embeddings``).
     Streamed to a spool file, bounded by its zip and .npy headers before a member is inflated, validated whole,
     stored with COPY in one transaction; re-posting is idempotent."""
     file = await spool_body(request)

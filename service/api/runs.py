@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from fastapi import APIRouter, Response, status
 from fastapi.concurrency import run_in_threadpool
-from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from ..curation import CurationConfig
 from ..errors import ApiError
-from ..ingest import load_dataset
 from ..models import EpochItem, Run, RunExclusion
 from ..runs.access import load_run, lock_run
+from ..runs.create import new_run
 from ..runs.exclusions import check_in_dataset, exclude_from_run
 from ..runs.failures import clear_failure
-from ..runs.schedule import advance_if_epoch_done, open_warmup, reinit_prototypes
+from ..runs.schedule import advance_if_epoch_done, reinit_prototypes
 from ..schemas.runs import ExclusionEntry, RepairRequest, RunCreate, RunOut
 from ..schemas.tasks import TaskAccepted
 from .deps import AdminDep, DispatcherDep, RunAccessDep, RunId, SessionDep
@@ -28,21 +25,9 @@ router = APIRouter(prefix="/v1/runs", tags=["runs"])
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=RunOut)
 def create_run(body: RunCreate, session: SessionDep, _: AdminDep) -> Run:
-    """Create a run over a dataset's accepted samples; its warm-up epoch is ready to hand out at once."""
-    load_dataset(session, body.dataset_id)
-    try:
-        config = CurationConfig(**body.config)
-    except ValidationError as exc:
-        problems = [
-            {"field": ".".join(str(p) for p in e["loc"]) or "config", "msg": e["msg"], "input": _shown(e["input"])}
-            for e in exc.errors()
-        ]
-        named = "; ".join(f"{p['field']}: {p['msg']}" for p in problems)
-        raise ApiError(422, "invalid_config", f"invalid curation config: {named}", fields=problems) from exc
-    run = Run(dataset_id=body.dataset_id, config=config.model_dump(), seed=config.seed, model_id=body.model_id)
-    session.add(run)
-    session.flush()
-    open_warmup(session, run)
+    """Create a run over a dataset's accepted samples; its warm-up epoch is ready to hand out at once. With
+    ``embedding_set_id`` offline curation reads that named set of the dataset (no upload per run)."""
+    run = new_run(session, body)
     session.commit()
     return run
 
@@ -50,17 +35,6 @@ def create_run(body: RunCreate, session: SessionDep, _: AdminDep) -> Run:
 @router.get("", response_model=list[RunOut])
 def list_runs(session: SessionDep, _: AdminDep) -> list[Run]:
     return list(session.scalars(select(Run).order_by(Run.id)))
-
-
-def _shown(value: Any) -> Any:
-    """A refused config value as the answer shows it: scalars as sent, anything bigger summarised."""
-    if isinstance(value, bool | None) or (isinstance(value, int) and abs(value) < 10**30):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else str(value)  # JSON has no Infinity / NaN
-    if isinstance(value, str) and len(value) <= 100:
-        return value
-    return f"<{type(value).__name__}>"
 
 
 def _run_out(session: Session, run: Run) -> RunOut:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import admin, demo, offline, stack, synth
+from . import admin, demo, embeddings, exports, imports, offline, stack, synth
 
 app = typer.Typer(help="CheXficient curation for chest X-ray vision-language pretraining.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema (Alembic).", no_args_is_help=True)
@@ -20,4 +20,8 @@ token_app.command("create")(admin.token_create)
 app.command("synth-embeddings")(offline.synth_embeddings)
 app.command()(synth.synth)
 app.command()(offline.curate)
+app.command("import")(imports.import_set)
+app.command()(exports.export)
+app.command("embed-reports")(embeddings.embed_reports)
+app.command("offline")(embeddings.offline_run)
 app.command()(demo.demo)

@@ -11,14 +11,18 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ..curation import CentralSampler, CurationConfig, OfflineCuration, compute_fraction, curate_offline
-from ..offline_files import (
-    EmbeddingFileError,
-    check_export_path,
-    export_subset,
-    load_embeddings,
-    save_embeddings,
+from ..curation import (
+    CentralSampler,
+    CurationConfig,
+    OfflineCuration,
+    compute_fraction,
+    curate_offline,
+    stored_unit_rows,
 )
+from ..exports import FORMATS
+from ..exports.source import ArraySubset
+from ..offline_files import EmbeddingFileError, check_export_path, file_sha256, load_embeddings, save_embeddings
+from ..uploads import float16_problems
 from .common import console, fail, subset_table
 
 K = Annotated[int | None, typer.Option(help="prototypes K (default 6)")]
@@ -36,7 +40,7 @@ def _config(**knobs: Any) -> CurationConfig:
         raise fail(f"invalid curation config: {exc}") from exc
 
 
-def _curate(features: np.ndarray, config: CurationConfig) -> OfflineCuration:
+def _curate(features: np.ndarray, config: CurationConfig, order: np.ndarray) -> OfflineCuration:
     with Progress(
         TextColumn("curating super-batches"),
         BarColumn(),
@@ -46,7 +50,7 @@ def _curate(features: np.ndarray, config: CurationConfig) -> OfflineCuration:
     ) as bar:
         task = bar.add_task("curate", total=None)
         return curate_offline(
-            features, config, progress=lambda done, total: bar.update(task, completed=done, total=total)
+            features, config, progress=lambda done, total: bar.update(task, completed=done, total=total), order=order
         )
 
 
@@ -100,20 +104,56 @@ def curate(
     )
     try:
         check_export_path(out)
-        ids, emb = load_embeddings(embeddings)
+        key, keys, emb = load_embeddings(embeddings)
     except (EmbeddingFileError, ValueError) as exc:
         raise fail(str(exc)) from exc
-    if len(ids) < config.k:
-        raise fail(f"{embeddings}: {len(ids)} rows cannot make k={config.k} prototypes")
+    if len(keys) < config.k:
+        raise fail(f"{embeddings}: {len(keys)} rows cannot make k={config.k} prototypes")
+    nonfinite, zero = float16_problems(emb)
+    if len(nonfinite) or len(zero):
+        bad, what = (nonfinite, "contain NaN or Inf, or |x| > 65504") if len(nonfinite) else (zero, "are all zeros")
+        raise fail(f"{embeddings}: embedding rows {bad[:10].tolist()} {what} as float16 (the storage type)")
+    # what the service would store and read: float16, then unit rows; rows taken in the order of their key
+    features = stored_unit_rows(emb)
     try:
-        result = _curate(emb, config)
+        result = _curate(features, config, np.argsort(keys, kind="stable"))
     except ValueError as exc:
         raise fail(f"{embeddings}: {exc}") from exc
-    export_subset(out, ids, result, config, embeddings)
+    provenance = _provenance(embeddings, key, result, config) | {"format": out.suffix.lstrip(".")}
+    subset = ArraySubset(key, keys, result.prototype, result.distance, result.band, result.keep, result.batch + 1,
+                         provenance)  # fmt: skip
+    with out.open("wb") as fh:
+        for chunk in FORMATS["csv" if out.suffix == ".csv" else "jsonl"].write(subset):  # type: ignore[arg-type]
+            fh.write(chunk)
+    out.with_name(out.name + ".provenance.json").write_text(json.dumps(provenance, indent=2))
     summary = _summary(result, config)
     _print_summary(summary)
     console.print(f"subset of {summary['subset_size']} rows written to {out} (+ {out.name}.provenance.json)")
     typer.echo(json.dumps(summary))
+
+
+def _provenance(source: Path, key: str, result: OfflineCuration, config: CurationConfig) -> dict[str, Any]:
+    """The export convention's provenance of a file's curation (docs/DATA.md, "Exports")."""
+    from ..stats import EXPORT_COLUMNS
+
+    return {
+        "mode": "offline",
+        "source": str(source),
+        "source_sha256": file_sha256(source),
+        "key": key,
+        "config": config.model_dump(),
+        "seed": config.seed,
+        "model_id": None,
+        "prototype_version": 1,
+        "prototypes": result.prototypes.tolist(),
+        "rows": int(len(result.keep)),
+        "subset_size": int(result.keep.sum()),
+        "subset_ratio": result.subset_ratio,
+        "band_counts": result.band_counts(),
+        "columns": list(EXPORT_COLUMNS),
+        "steps_from": 1,
+        "storage": "float16",
+    }
 
 
 def _summary(result: OfflineCuration, config: CurationConfig) -> dict[str, Any]:

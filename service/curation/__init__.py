@@ -8,7 +8,7 @@ Notation follows the paper (docs/ENGINE.md): features f_i, prototypes p_k, assig
 from .backend import Backend, CpuBackend, TorchBackend, default_backend
 from .budget import compute_fraction
 from .config import CentralSampler, CurationConfig
-from .features import curation_features, unit_rows
+from .features import curation_features, stored_unit_rows, unit_rows
 from .kmeans import init_prototypes
 from .offline import OfflineCuration, curate_offline
 from .selection import BAND_LABELS, Band, Selection, select_batch
@@ -33,6 +33,7 @@ __all__ = [
     "init_prototypes",
     "select_batch",
     "sinkhorn",
+    "stored_unit_rows",
     "unit_rows",
     "update_prototypes",
 ]

@@ -30,3 +30,18 @@ def unit_rows(x: NDArray, out: NDArray[np.float32] | None = None) -> NDArray[np.
     """f_i = x_i / ||x_i|| in float32, for an already concatenated [u, v] (in place with ``out=x``)."""
     x32 = np.asarray(x, dtype=np.float32)
     return np.divide(x32, np.linalg.norm(x32, axis=1, keepdims=True), out=out)
+
+
+#: rows per block of ``stored_unit_rows``
+STORED_BLOCK_ROWS = 1 << 14
+
+
+def stored_unit_rows(x: ArrayLike) -> NDArray[np.float16]:
+    """f_i = x_i / ||x_i|| as offline curation sees stored embeddings: x rounded to float16 (the storage type),
+    normalised in float32, kept as float16 (docs/DATA.md, "float16 storage")."""
+    arr = as_matrix("embeddings", x)
+    out = np.empty(arr.shape, dtype=np.float16)
+    for start in range(0, len(arr), STORED_BLOCK_ROWS):
+        block = arr[start : start + STORED_BLOCK_ROWS].astype(np.float16).astype(np.float32)
+        out[start : start + len(block)] = unit_rows(block, out=block)
+    return out

@@ -42,21 +42,28 @@ def curate_offline(
     config: CurationConfig,
     backend: Backend | None = None,
     progress: Progress | None = None,
+    order: NDArray[np.integer] | None = None,
 ) -> OfflineCuration:
     """Curate fixed embeddings: prototypes from ``warmup_samples`` random rows, one pass of super-batches.
 
     Prototypes stay fixed: with no model in the loop the embeddings do not drift, so there is nothing to
     follow. Super-batch ``s`` uses sampler seed ``(config.seed, s)``; the last batch may be short.
     ``features`` may be float16 (rows are taken to float32 one super-batch at a time, never all at once).
-    ``progress(done, total)`` is called with ``done = 0`` once the prototypes exist, then after each batch.
+    ``order`` lists the rows in their canonical order (by the ids they are keyed by; default: as given): the
+    warm-up sample and the super-batches are drawn over positions in it, so the outcome does not depend on how
+    the rows happen to be stored. ``progress(done, total)`` is called with ``done = 0`` once the prototypes
+    exist, then after each batch.
     """
     backend_: Backend = backend or CpuBackend()
     f = as_matrix("features", features)
     n = len(f)
+    canonical = np.arange(n) if order is None else np.asarray(order, dtype=np.int64)
+    if canonical.shape != (n,) or (order is not None and not np.array_equal(np.sort(canonical), np.arange(n))):
+        raise ValueError(f"order must be a permutation of the {n} rows")
     rng = np.random.default_rng(config.seed)
-    warmup = np.sort(rng.choice(n, size=min(n, config.warmup_samples), replace=False))
+    warmup = canonical[np.sort(rng.choice(n, size=min(n, config.warmup_samples), replace=False))]
     prototypes = init_prototypes(f[warmup], config.k, config.seed, config.kmeans_iterations)
-    order = rng.permutation(n)
+    order = canonical[rng.permutation(n)]
 
     prototype = np.empty(n, dtype=np.int64)
     distance = np.empty(n, dtype=np.float32)

@@ -19,7 +19,7 @@ from ..limits import PathLimits, TextLimits
 from ..models import Dataset
 from ..schemas.datasets import DicomScanRequest, DicomScanResult, ScanIssueOut
 from .dicom import ScanIssue, Sidecar, load_sidecar, scan_folder
-from .images import read_image
+from .images import image_of
 from .paths import PathRejected
 from .reports import resolve_report
 from .rows import MalformedBody, RawRow, RowRejected, decoded_lines, iter_csv, iter_jsonl, row_input, unstorable_text
@@ -64,19 +64,24 @@ def parse_body(chunks: Iterable[bytes], fmt: str, limits: TextLimits = TextLimit
     return iter_csv(lines) if fmt == "csv" else iter_jsonl(lines, limits)
 
 
-def check_row(root: Path, raw: RawRow, synthesize: bool, limits: PathLimits = PathLimits()) -> SampleIn:
+def check_row(
+    root: Path, raw: RawRow, synthesize: bool, limits: PathLimits = PathLimits(), require_images: bool = True
+) -> SampleIn:
     """A row that passes every check, or RowRejected with the first reason (cheap checks first)."""
     row = row_input(raw)
     report, synthetic = resolve_report(row.report, row.labels, synthesize)
-    image = read_image(root, row.image, limits)
+    uri, content_hash = image_of(root, row.image, require_images, limits)
     return SampleIn(
         external_id=row.external_id,
-        image_uri=image.uri,
+        image_uri=uri,
         report=report,
         report_synthetic=synthetic,
         labels=row.labels or [],
         meta=row.meta,
-        content_hash=image.sha256,
+        content_hash=content_hash,
+        patient_id=row.patient_id,
+        study_id=row.study_id,
+        split=row.split,
     )
 
 
@@ -95,6 +100,7 @@ def ingest_rows(
     rows: Iterable[RawRow],
     synthesize: bool,
     limits: PathLimits = PathLimits(),
+    require_images: bool = True,
 ) -> UploadOutcome:
     """Check and upsert rows as they stream in; MalformedBody from ``rows`` propagates (caller rolls back)."""
     writer = SampleWriter(session, dataset_id)
@@ -109,7 +115,7 @@ def ingest_rows(
                 raise RowRejected(DUPLICATE)
             if external_id is not None:
                 seen.add(external_id)
-            writer.add(check_row(root, raw, synthesize, limits))
+            writer.add(check_row(root, raw, synthesize, limits, require_images))
         except RowRejected as exc:
             rejected.append(RowRejection(raw.line, external_id, exc.reason))
     writer.flush()
@@ -167,6 +173,7 @@ def ingest_dicom_folder(
                 content_hash=found.sha256,
                 study_uid=header.study_uid,
                 sop_uid=header.sop_uid,
+                study_id=header.study_uid,
             )
         )
     writer.flush()

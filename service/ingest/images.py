@@ -12,9 +12,11 @@ from PIL import Image
 
 from ..limits import PathLimits
 from .dicom import DicomProblem, check_pixels
-from .paths import PathRejected, resolve_inside
+from .paths import PathRejected, relative_uri, resolve_inside
 
 DICOM_MAGIC_OFFSET = 128  # DICOM Part 10: a 128-byte preamble, then "DICM"
+#: ``Sample.content_hash`` of a sample whose image was not read: a text-only or embedding-only dataset
+NO_IMAGE_HASH = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,3 +52,12 @@ def read_image(root: Path, rel: str, limits: PathLimits = PathLimits()) -> Image
         raise PathRejected(f"image file unreadable: {uri}: {exc.strerror}") from exc
     check_image_bytes(data)
     return ImageFile(uri=uri, path=real, sha256=hashlib.sha256(data).hexdigest())
+
+
+def image_of(root: Path, rel: str, require: bool, limits: PathLimits = PathLimits()) -> tuple[str, str]:
+    """``(uri, content hash)``: the image read and checked; with ``require`` off only its path is checked (it may be
+    absent or empty), since offline curation of given embeddings needs no pixels."""
+    if require:
+        image = read_image(root, rel, limits)
+        return image.uri, image.sha256
+    return (relative_uri(rel, "image path", limits) if rel else ""), NO_IMAGE_HASH

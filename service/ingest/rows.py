@@ -14,8 +14,10 @@ from typing import Any, NoReturn
 from ..limits import TextLimits
 
 #: the columns / keys with a meaning of their own; everything else goes to ``meta``
-KNOWN_FIELDS = ("external_id", "image", "report", "labels")
+KNOWN_FIELDS = ("external_id", "image", "report", "labels", "patient_id", "study_id", "split")
 EXTERNAL_ID_MAX = 500  # Sample.external_id is VARCHAR(500)
+#: Sample.patient_id / study_id are VARCHAR(128), split VARCHAR(32)
+GROUP_ID_MAX, SPLIT_MAX = 128, 32
 LABEL_SEPARATOR = "|"
 
 
@@ -54,6 +56,9 @@ class RowInput:
     report: str
     labels: list[str] | None  # None: the row says nothing about labels (a label list may be explicitly empty)
     meta: dict[str, Any] = field(default_factory=dict)
+    patient_id: str | None = None
+    study_id: str | None = None
+    split: str | None = None
 
 
 def decoded_lines(chunks: Iterable[bytes], line_bytes: int = TextLimits.line_bytes) -> Iterator[str]:
@@ -245,6 +250,14 @@ def unstorable_text(value: Any) -> str | None:
     return next((problem for item in items if (problem := unstorable_text(item)) is not None), None)
 
 
+def optional_id(fields: dict[str, Any], key: str, limit: int) -> str | None:
+    """A short optional identifier (patient, study, split): stripped, None when absent, refused when too long."""
+    value = _text(fields, key).strip()
+    if len(value) > limit:
+        raise RowRejected(f"{key} longer than {limit} characters")
+    return value or None
+
+
 def row_input(raw: RawRow) -> RowInput:
     """The typed fields of one record; raises RowRejected naming the first problem."""
     if raw.error:
@@ -267,6 +280,9 @@ def row_input(raw: RawRow) -> RowInput:
         report=_text(fields, "report"),
         labels=parse_labels(fields.get("labels")),
         meta=meta,
+        patient_id=optional_id(fields, "patient_id", GROUP_ID_MAX),
+        study_id=optional_id(fields, "study_id", GROUP_ID_MAX),
+        split=optional_id(fields, "split", SPLIT_MAX),
     )
 
 

@@ -18,7 +18,10 @@ INGEST_LOCK_CLASS = 0x1D5
 
 
 #: the stored fields a re-post is compared on (everything but the key and bookkeeping)
-COMPARED = ("image_uri", "report", "report_synthetic", "labels", "meta", "content_hash", "study_uid", "sop_uid")
+COMPARED = (
+    "image_uri", "report", "report_synthetic", "labels", "meta", "content_hash", "study_uid", "sop_uid",
+    "patient_id", "study_id", "split",
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +37,9 @@ class SampleIn:
     content_hash: str
     study_uid: str | None = None
     sop_uid: str | None = None
+    patient_id: str | None = None
+    study_id: str | None = None
+    split: str | None = None
 
     def values(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in COMPARED}

@@ -1,8 +1,11 @@
 """Offline curation of a run's stored embeddings: read, curate, write decisions, mark the run done.
 
 The curation itself is the engine's ``curate_offline``, called on the run's features: the stored vectors as unit
-rows (float16, the stored precision, so a whole dataset costs 2 bytes a value), in sample-id order. Given those
-features and the seed, the job and the in-memory engine keep exactly the same rows; the job adds only I/O around it.
+rows (float16, the stored precision, so a whole dataset costs 2 bytes a value), in sample-id order, taken in the
+order of the key they were uploaded by (``chexcurate curate`` does the same for a file: docs/DATA.md). The rows are
+the run's own embeddings, or the named embedding set it references (stored once, read by every run of a sweep).
+Given those features and the seed, the job and the in-memory engine keep exactly the same rows; the job adds only
+I/O around it.
 """
 
 from __future__ import annotations
@@ -16,10 +19,19 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from ..curation import Backend, CurationConfig, OfflineCuration, curate_offline
 from ..errors import ApiError, unknown_run
-from ..models import Decision, Embedding, PrototypeVersion, Run
+from ..models import Decision, NamedSet, PrototypeVersion, Run, Sample
 from ..runs.access import run_config
 from ..storage.decisions import insert_decisions
-from ..storage.embedding_reader import CHUNK_ROWS, DEFAULT_PARTS, Progress, Source, read_embeddings
+from ..storage.embedding_reader import (
+    CHUNK_ROWS,
+    DEFAULT_PARTS,
+    Progress,
+    Rows,
+    Source,
+    read_embeddings,
+    run_rows,
+    set_rows,
+)
 from .progress import ProgressCallback, ProgressRecorder
 
 #: ``Decision.manifest_id`` of offline decisions: there is no manifest, and it tells them from online ones
@@ -57,20 +69,28 @@ def run_offline_curation(
     Returns the summary: rows, subset size and ratio, band counts, prototype usage, seconds per stage.
     """
     with sessions() as session:
-        config = run_config(_check_offline(session, session.get(Run, run_id), run_id))
+        run = _check_offline(session, session.get(Run, run_id), run_id)
+        config = run_config(run)
+        rows, id_key = embedding_rows(session, run)
         # refused before the job starts, so a request that cannot run writes nothing (not even "failed" progress)
-        stored = session.scalar(select(func.count()).where(Embedding.run_id == run_id)) or 0
+        owned = getattr(rows.model, rows.key) == rows.owner
+        stored = session.scalar(select(func.count()).select_from(rows.model).where(owned)) or 0
         if not stored:
-            raise ApiError(409, "no_embeddings", f"run {run_id} has no stored embeddings to curate")
+            raise ApiError(409, "no_embeddings", f"{rows.what} has no stored embeddings to curate (run {run_id})")
         if stored < config.k:
-            raise ApiError(422, "cannot_curate", f"run {run_id} stores {stored} embeddings; k={config.k} needs more")
+            raise ApiError(422, "cannot_curate", f"{rows.what} stores {stored} embeddings; k={config.k} needs more")
     recorder = ProgressRecorder(sessions, run_id, "offline_curation", progress)
     try:
-        ids, features = read_unit_features(sessions, run_id, lambda done, total: recorder("load", done, total))
+        ids, features = read_unit_features(sessions, rows, lambda done, total: recorder("load", done, total))
+        order = key_order(sessions, rows, ids) if id_key == "external_id" else None
         recorder("kmeans", 0, 1)
         try:
             result = curate_offline(
-                features, config, backend=backend, progress=lambda done, total: recorder("select", done, total)
+                features,
+                config,
+                backend=backend,
+                progress=lambda done, total: recorder("select", done, total),
+                order=order,
             )
         except ValueError as exc:  # e.g. fewer rows than k
             raise ApiError(422, "cannot_curate", f"run {run_id}: {exc}") from exc
@@ -84,9 +104,35 @@ def run_offline_curation(
     return summary
 
 
+def embedding_rows(session: Session, run: Run) -> tuple[Rows, str]:
+    """The rows offline curation reads for ``run`` (its embedding set's, else its own) and the key they were
+    uploaded by."""
+    if run.embedding_set_id is None:
+        return run_rows(run.id), "sample_id"
+    named = session.get(NamedSet, run.embedding_set_id)
+    return set_rows(run.embedding_set_id), (named.id_key if named is not None and named.id_key else "sample_id")
+
+
+def key_order(sessions: sessionmaker[Session], rows: Rows, ids: NDArray[np.int64]) -> NDArray[np.int64]:
+    """The rows (``ids`` ascending) in the order of their samples' external ids, as ``chexcurate curate`` orders
+    a file keyed by them (code-point order, numpy's)."""
+    model = rows.model
+    with sessions() as session:
+        named = session.execute(
+            select(Sample.id, Sample.external_id)
+            .join(model, model.sample_id == Sample.id)
+            .where(getattr(model, rows.key) == rows.owner)
+            .order_by(Sample.id)
+        ).all()
+    if len(named) != len(ids) or not np.array_equal(np.fromiter((i for i, _ in named), np.int64, len(named)), ids):
+        raise ApiError(409, "embeddings_changed", f"{rows.what} changed while it was read; curate again")
+    names = np.array([name for _, name in named]) if named else np.array([], dtype=str)
+    return np.argsort(names, kind="stable").astype(np.int64)
+
+
 def read_unit_features(
     source: Source,
-    run_id: int,
+    run_id: int | Rows,
     progress: Progress | None = None,
     chunk_rows: int = CHUNK_ROWS,
     parts: int = DEFAULT_PARTS,

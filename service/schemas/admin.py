@@ -8,7 +8,8 @@ from pydantic import BaseModel, Field
 
 from .runs import Phase, RunError
 
-ExportFormat = Literal["jsonl", "csv"]
+#: docs/DATA.md, "Exports"
+ExportFormat = Literal["jsonl", "csv", "openclip-csv", "webdataset", "parquet", "ids", "chexficient"]
 
 
 class BandCounts(BaseModel):

@@ -90,6 +90,9 @@ class SampleOut(BaseModel):
     rejection_reason: str | None
     study_uid: str | None
     sop_uid: str | None
+    patient_id: str | None
+    study_id: str | None
+    split: str | None
     created_at: datetime
     updated_at: datetime
 

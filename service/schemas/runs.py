@@ -32,6 +32,9 @@ class RunCreate(BaseModel):
     dataset_id: int = Field(ge=1, le=BIGINT_MAX)
     config: dict[str, Any] = Field(default_factory=dict, description="CurationConfig fields; omitted ones default")
     model_id: str | None = Field(None, max_length=500, description="the trainer's embedding model")
+    embedding_set_id: int | None = Field(
+        None, ge=1, le=BIGINT_MAX, description="a named embedding set of the dataset for offline curation to read"
+    )
 
 
 class RunOut(BaseModel):
@@ -47,6 +50,7 @@ class RunOut(BaseModel):
     prototype_version: int
     model_id: str | None
     checkpoint_step: int | None
+    embedding_set_id: int | None = None
     created_at: datetime
     error: RunError | None = Field(None, description="the failing step, when there is one")
     epoch_size: int | None = Field(None, description="rows of the current epoch (GET of one run only)")

@@ -1,8 +1,11 @@
 """The one reader of stored embeddings: a run's rows as unit feature rows f = x / ||x||, in sample-id order.
 
 Every consumer reads through here: the prototype k-means (warm-up, repair, refresh), offline curation and the
-neighbour index. Rows go into a ``Sink``: a float32 matrix (``ArraySink``), a float16 one (``HalfSink``, half the
-memory for a whole-dataset read), or the FAISS index fed chunk by chunk (no second copy of the set).
+neighbour index. The rows are a run's own (``embeddings``: posted per manifest, or uploaded in bulk) or a named
+embedding set's (``set_embeddings``: one encoder's embeddings of a dataset, read by many offline runs); ``Rows``
+says which, and a plain run id stands for that run's. Rows go into a ``Sink``: a float32 matrix (``ArraySink``),
+a float16 one (``HalfSink``, half the memory for a whole-dataset read), or the FAISS index fed chunk by chunk (no
+second copy of the set).
 
 The source is a session factory or a session. A session factory reads in a snapshot of its own (REPEATABLE READ),
 and on Postgres may split the sample-id range over ``parts`` connections that import that one exported snapshot,
@@ -43,7 +46,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from ..curation import unit_rows
 from ..db import IDS_PER_STATEMENT, engine_of, is_postgres
 from ..errors import ApiError
-from ..models import Embedding
+from ..models import Embedding, SetEmbedding
 from .pgcopy import TRAILER, row_layout, strip_header
 
 #: rows converted per chunk: 4096 x 1024 float32 is 16 MB, small enough to stay cache-friendly
@@ -59,10 +62,40 @@ Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
+class Rows:
+    """Whose stored rows a read covers: a run's own embeddings, or a named embedding set's."""
+
+    model: type[Embedding] | type[SetEmbedding]
+    key: str  # the owner's column
+    owner: int
+    what: str  # how messages name the owner
+
+    @property
+    def table(self) -> str:
+        return str(self.model.__tablename__)
+
+    @property
+    def step_sql(self) -> str:
+        return "step" if self.model is Embedding else "0"  # a set's rows have no step
+
+
+def run_rows(run_id: int) -> Rows:
+    return Rows(Embedding, "run_id", int(run_id), f"run {run_id}")
+
+
+def set_rows(set_id: int) -> Rows:
+    return Rows(SetEmbedding, "set_id", int(set_id), f"embedding set {set_id}")
+
+
+def _rows(owner: int | Rows) -> Rows:
+    return owner if isinstance(owner, Rows) else run_rows(owner)
+
+
+@dataclass(frozen=True)
 class EmbeddingSet:
     """What one consistent read saw: the key a cache of anything derived from these rows needs."""
 
-    run_id: int
+    run_id: int  # the owner: the run (or the named set) whose rows these are
     rows: int
     dim: int  # the narrowest width stored (``max_dim`` when the read is allowed)
     max_dim: int
@@ -70,6 +103,11 @@ class EmbeddingSet:
     #: changes whenever a row is (re)written, even at the same step (Postgres: sum of row xmins; else 0)
     fingerprint: int
     sample_ids: NDArray[np.int64]  # ascending
+    what: str = ""  # how messages name the owner ("run 3", "embedding set 2")
+
+    @property
+    def owner(self) -> str:
+        return self.what or f"run {self.run_id}"
 
 
 #: called with the set once it is counted, before any vector is read; raises to refuse the read
@@ -79,11 +117,9 @@ Check = Callable[[EmbeddingSet], None]
 def refuse_unreadable(meta: EmbeddingSet) -> None:
     """409 when there is nothing to read, or the rows are of several widths."""
     if not meta.rows:
-        raise ApiError(409, "no_embeddings", f"run {meta.run_id} has no stored embeddings")
+        raise ApiError(409, "no_embeddings", f"{meta.owner} has no stored embeddings")
     if meta.dim != meta.max_dim:
-        raise ApiError(
-            409, "mixed_widths", f"run {meta.run_id} stores embeddings of widths {meta.dim} to {meta.max_dim}"
-        )
+        raise ApiError(409, "mixed_widths", f"{meta.owner} stores embeddings of widths {meta.dim} to {meta.max_dim}")
 
 
 class BadRows(ApiError):
@@ -138,7 +174,7 @@ class HalfSink:
 
 def read_embeddings(
     source: Source,
-    run_id: int,
+    run_id: int | Rows,
     sample_ids: NDArray[np.int64] | None = None,
     parts: int = DEFAULT_PARTS,
     half: bool = False,
@@ -146,7 +182,8 @@ def read_embeddings(
     progress: Progress | None = None,
     chunk_rows: int = CHUNK_ROWS,
 ) -> tuple[EmbeddingSet, NDArray[np.floating]]:
-    """The run's embeddings (or those of ``sample_ids``) as unit rows, float32 (float16 with ``half``)."""
+    """The run's (or a set's) embeddings (or those of ``sample_ids``) as unit rows, float32 (float16 with
+    ``half``)."""
     holder: list[ArraySink | HalfSink] = []
 
     def make(meta: EmbeddingSet) -> Sink:
@@ -159,7 +196,7 @@ def read_embeddings(
 
 def scan_embeddings(
     source: Source,
-    run_id: int,
+    run_id: int | Rows,
     make_sink: Callable[[EmbeddingSet], Sink],
     sample_ids: NDArray[np.int64] | None = None,
     parts: int = DEFAULT_PARTS,
@@ -169,23 +206,24 @@ def scan_embeddings(
 ) -> EmbeddingSet:
     """Stream the rows into ``make_sink(meta)`` (called once, after ``check`` let the counted set through);
     ``progress(rows done, rows)`` after each chunk. Raises ``BadRows`` after the read if any row was unusable."""
+    rows = _rows(run_id)
     engine = None if isinstance(source, Session) else engine_of(source)
     if not is_postgres(source if isinstance(source, Session) else engine_of(source)):
-        return _orm_scan(source, run_id, make_sink, sample_ids, check, progress, chunk_rows)
+        return _orm_scan(source, rows, make_sink, sample_ids, check, progress, chunk_rows)
     with _connection(source) as main:
-        where = _where(run_id, sample_ids)
-        meta = _postgres_meta(main, run_id, where, check)
+        where = _where(rows, sample_ids)
+        meta = _postgres_meta(main, rows, where, check)
         target = _Target(make_sink(meta), meta, progress)
         ranges = _split(meta.rows, 1 if engine is None else max(1, min(parts, meta.rows // MIN_PART_ROWS)))
         snapshot: str = main.execute("SELECT pg_export_snapshot()").fetchone()[0] if len(ranges) > 1 else ""
         with ThreadPoolExecutor(max_workers=max(1, len(ranges) - 1)) as pool:
             futures = [
-                pool.submit(_read_part_in_snapshot, engine, snapshot, where, lo, hi, target, chunk_rows)
+                pool.submit(_read_part_in_snapshot, engine, snapshot, rows.table, where, lo, hi, target, chunk_rows)
                 for lo, hi in ranges[1:]
                 if engine is not None
             ]
             lo, hi = ranges[0]
-            _copy_part(main, _part_query(where, meta, lo, hi), lo, hi, target, chunk_rows)
+            _copy_part(main, _part_query(rows.table, where, meta, lo, hi), lo, hi, target, chunk_rows)
             for future in futures:  # the exporting transaction stays open until every importer is done
                 future.result()
     target.finish()
@@ -206,7 +244,7 @@ class _Target:
     def put(self, position: int, ids: NDArray[np.int64], half: NDArray[np.float16]) -> None:
         """Check, widen and normalise one chunk of rows in sample-id order starting at ``position``."""
         if not np.array_equal(ids, self.meta.sample_ids[position : position + len(ids)]):
-            raise ValueError(f"run {self.meta.run_id}: rows out of sample-id order or not in the snapshot")
+            raise ValueError(f"{self.meta.owner}: rows out of sample-id order or not in the snapshot")
         out = self.sink.buffer(position, len(ids))
         _widen(out, half)
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -225,20 +263,22 @@ class _Target:
         if self.bad:
             raise BadRows(sorted(np.concatenate(self.bad).tolist()))
         if self.done != self.meta.rows:
-            raise ValueError(f"run {self.meta.run_id}: read {self.done} of the {self.meta.rows} rows in the snapshot")
+            raise ValueError(f"{self.meta.owner}: read {self.done} of the {self.meta.rows} rows in the snapshot")
 
 
-def stored_ids(sessions: sessionmaker[Session], run_id: int) -> NDArray[np.int64]:
-    """The run's sample ids that have an embedding, ascending (ids only: no vector is sent)."""
+def stored_ids(sessions: sessionmaker[Session], run_id: int | Rows) -> NDArray[np.int64]:
+    """The run's (or set's) sample ids that have an embedding, ascending (ids only: no vector is sent)."""
+    rows = _rows(run_id)
     engine = engine_of(sessions)
     if is_postgres(engine):
         with _connection(sessions) as conn:
-            return _ids_blob(conn, _where(run_id, None))
+            return _ids_blob(conn, rows.table, _where(rows, None))
     with sessions() as session:
-        rows = session.scalars(
-            sa_select(Embedding.sample_id).where(Embedding.run_id == run_id).order_by(Embedding.sample_id)
+        model = rows.model
+        ids = session.scalars(
+            sa_select(model.sample_id).where(getattr(model, rows.key) == rows.owner).order_by(model.sample_id)
         )
-        return np.fromiter(rows, dtype=np.int64)
+        return np.fromiter(ids, dtype=np.int64)
 
 
 @contextmanager
@@ -274,34 +314,37 @@ def _raw(engine: Engine) -> Iterator[Any]:
         proxied.close()
 
 
-def _where(run_id: int, sample_ids: NDArray[np.int64] | None) -> str:
-    # COPY takes no bind parameters: everything inlined is an int formatted here, never caller text
-    clause = f"run_id = {int(run_id)}"
+def _where(rows: Rows, sample_ids: NDArray[np.int64] | None) -> str:
+    # COPY takes no bind parameters: everything inlined is an int formatted here (or a column name of ``Rows``),
+    # never caller text
+    clause = f"{rows.key} = {int(rows.owner)}"
     if sample_ids is not None:
         listed = ",".join(str(int(i)) for i in np.asarray(sample_ids, dtype=np.int64).tolist())
         clause += f" AND sample_id = ANY('{{{listed}}}'::bigint[])"
     return clause
 
 
-def _postgres_meta(conn: Any, run_id: int, where: str, check: Check) -> EmbeddingSet:
+def _postgres_meta(conn: Any, rows: Rows, where: str, check: Check) -> EmbeddingSet:
     n, dim, max_dim, max_step, fingerprint = conn.execute(
-        "SELECT count(*), min(dim), max(dim), coalesce(max(step), 0), coalesce(sum(xmin::text::bigint), 0) "
-        f"FROM embeddings WHERE {where}"
+        f"SELECT count(*), min(dim), max(dim), coalesce(max({rows.step_sql}), 0), "
+        f"coalesce(sum(xmin::text::bigint), 0) FROM {rows.table} WHERE {where}"
     ).fetchone()
     empty = np.empty(0, dtype=np.int64)
-    counted = EmbeddingSet(run_id, int(n), int(dim or 0), int(max_dim or 0), int(max_step), int(fingerprint), empty)
+    counted = EmbeddingSet(
+        rows.owner, int(n), int(dim or 0), int(max_dim or 0), int(max_step), int(fingerprint), empty, rows.what
+    )
     check(counted)
-    ids = _ids_blob(conn, where)
+    ids = _ids_blob(conn, rows.table, where)
     if len(ids) != n:
-        raise ValueError(f"run {run_id}: {len(ids)} ids but {n} rows in one snapshot")
+        raise ValueError(f"{rows.what}: {len(ids)} ids but {n} rows in one snapshot")
     return dataclasses.replace(counted, sample_ids=ids)
 
 
-def _ids_blob(conn: Any, where: str) -> NDArray[np.int64]:
+def _ids_blob(conn: Any, table: str, where: str) -> NDArray[np.int64]:
     """The ids in one bytea (8 bytes each): 1.2 M ids arrive as ~10 MB, not 1.2 M Python ints."""
     blob = (
         conn.cursor(binary=True)
-        .execute(f"SELECT string_agg(int8send(sample_id), ''::bytea ORDER BY sample_id) FROM embeddings WHERE {where}")
+        .execute(f"SELECT string_agg(int8send(sample_id), ''::bytea ORDER BY sample_id) FROM {table} WHERE {where}")
         .fetchone()[0]
     )
     return np.frombuffer(blob or b"", dtype=">i8").astype(np.int64)
@@ -312,24 +355,24 @@ def _split(n: int, parts: int) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a] or [(0, 0)]
 
 
-def _part_query(where: str, meta: EmbeddingSet, lo: int, hi: int) -> str:
+def _part_query(table: str, where: str, meta: EmbeddingSet, lo: int, hi: int) -> str:
     if hi <= lo:
-        return "COPY (SELECT sample_id, vector FROM embeddings WHERE false) TO STDOUT (FORMAT binary)"
+        return f"COPY (SELECT sample_id, vector FROM {table} WHERE false) TO STDOUT (FORMAT binary)"
     first, last = int(meta.sample_ids[lo]), int(meta.sample_ids[hi - 1])
     # ORDER BY follows the (run_id, sample_id) primary key, so rows land in the positions the ids say
     return (
-        f"COPY (SELECT sample_id, vector FROM embeddings WHERE {where} AND sample_id BETWEEN {first} AND {last} "
+        f"COPY (SELECT sample_id, vector FROM {table} WHERE {where} AND sample_id BETWEEN {first} AND {last} "
         "ORDER BY sample_id) TO STDOUT (FORMAT binary)"
     )
 
 
 def _read_part_in_snapshot(
-    engine: Engine, snapshot: str, where: str, lo: int, hi: int, target: _Target, chunk_rows: int
+    engine: Engine, snapshot: str, table: str, where: str, lo: int, hi: int, target: _Target, chunk_rows: int
 ) -> None:
     with _raw(engine) as conn:
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         conn.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'")  # snapshot ids are server-made: [0-9A-F-]
-        _copy_part(conn, _part_query(where, target.meta, lo, hi), lo, hi, target, chunk_rows)
+        _copy_part(conn, _part_query(table, where, target.meta, lo, hi), lo, hi, target, chunk_rows)
         conn.execute("ROLLBACK")
 
 
@@ -386,7 +429,7 @@ def _copy_part(conn: Any, query: str, lo: int, hi: int, target: _Target, chunk_r
         raise ValueError("COPY output ends with a partial row")
     position = _flush(buf[:fill], layout, position, target)
     if position != hi:
-        raise ValueError(f"run {target.meta.run_id}: read rows {lo}..{position}, the snapshot holds {lo}..{hi}")
+        raise ValueError(f"{target.meta.owner}: read rows {lo}..{position}, the snapshot holds {lo}..{hi}")
 
 
 def _finish(pg: Any) -> None:
@@ -429,7 +472,7 @@ def _torch() -> Any:
 
 def _orm_scan(
     source: Source,
-    run_id: int,
+    rows: Rows,
     make_sink: Callable[[EmbeddingSet], Sink],
     sample_ids: NDArray[np.int64] | None,
     check: Check,
@@ -437,21 +480,20 @@ def _orm_scan(
     chunk_rows: int,
 ) -> EmbeddingSet:
     """Any other database (the embedded SQLite default): the ORM, ``chunk_rows`` at a time, one transaction."""
+    model, run_id = rows.model, rows.owner
+    owned = getattr(model, rows.key) == run_id
+    step = func.max(Embedding.step) if model is Embedding else func.max(0)
     if sample_ids is None:
-        conditions = [[Embedding.run_id == run_id]]
+        conditions = [[owned]]
     else:
         wanted = np.unique(np.asarray(sample_ids, dtype=np.int64)).tolist()
         conditions = [
-            [Embedding.run_id == run_id, Embedding.sample_id.in_(wanted[i : i + IDS_PER_STATEMENT])]
+            [owned, model.sample_id.in_(wanted[i : i + IDS_PER_STATEMENT])]
             for i in range(0, len(wanted), IDS_PER_STATEMENT)
-        ] or [[Embedding.run_id == run_id, false()]]
+        ] or [[owned, false()]]
     with _orm_session(source) as session:
         counts = [
-            session.execute(
-                sa_select(
-                    func.count(), func.min(Embedding.dim), func.max(Embedding.dim), func.max(Embedding.step)
-                ).where(*where)
-            ).one()
+            session.execute(sa_select(func.count(), func.min(model.dim), func.max(model.dim), step).where(*where)).one()
             for where in conditions
         ]
         widths = [w for _, low, high, _ in counts for w in (low, high) if w is not None]
@@ -459,13 +501,11 @@ def _orm_scan(
         empty = np.empty(0, dtype=np.int64)
         n = sum(c[0] for c in counts)
         counted = EmbeddingSet(
-            run_id, n, min(widths, default=0), max(widths, default=0), max(steps, default=0), 0, empty
+            run_id, n, min(widths, default=0), max(widths, default=0), max(steps, default=0), 0, empty, rows.what
         )
         check(counted)
         ids = [
-            np.fromiter(
-                session.scalars(sa_select(Embedding.sample_id).where(*w).order_by(Embedding.sample_id)), np.int64
-            )
+            np.fromiter(session.scalars(sa_select(model.sample_id).where(*w).order_by(model.sample_id)), np.int64)
             for w in conditions
         ]
         meta = dataclasses.replace(counted, sample_ids=np.concatenate(ids))
@@ -473,9 +513,9 @@ def _orm_scan(
         position = 0
         for where in conditions:
             stmt = (
-                sa_select(Embedding.sample_id, Embedding.vector)
+                sa_select(model.sample_id, model.vector)
                 .where(*where)
-                .order_by(Embedding.sample_id)
+                .order_by(model.sample_id)
                 .execution_options(yield_per=chunk_rows)
             )
             for part in session.execute(stmt).partitions():
