@@ -247,5 +247,5 @@ def report_sections(text: str) -> tuple[str, str]:
 
 
 def study_path(subject: str, study: str) -> str:
-    """MIMIC-CXR's folder of a study: ``files/p10/p10000032/s50414267``."""
-    return f"files/p{subject[:2]}/p{subject}/s{study}"
+    """MIMIC-CXR's folder of a study under ``files/``: ``p10/p10000032/s50414267``."""
+    return f"p{subject[:2]}/p{subject}/s{study}"

@@ -114,7 +114,7 @@ def _items(
             line=line,
             source=source,
             external_id=dicom,
-            image=f"{study_path(subject, study)}/{dicom}.jpg",
+            image=f"files/{study_path(subject, study)}/{dicom}.jpg",
             findings=findings,
             impression=impression,
             text=text,

@@ -85,7 +85,7 @@ def _items(files: list[Path], folder: str, projections: dict[str, str] | None, d
                 labels.append(head)
         images = [node.get("id") or "" for node in root.iterfind("parentImage")]
         if not images:
-            yield Refusal(number, path.name, None, f"report {study} links no image (no parentImage)")
+            yield Refusal(number, path.name, None, f"no image: report {study} links none (no parentImage)")
         for image in images:
             if not image:
                 yield Refusal(number, path.name, None, "a parentImage without an id")
