@@ -106,6 +106,11 @@ def setup_world(w: World, other_root: Path) -> World:
         session.commit()
         w.ids["legacy"] = legacy.id
         w.ids["sB"] = session.scalar(select(Sample.id).where(Sample.dataset_id == w.ids["B"]))
+    made = c.post(f"/v1/datasets/{w.ids['B']}/embedding-sets", json={"name": "e", "model_id": "m"}, headers=admin)
+    assert made.status_code == 201, made.text
+    w.ids["EB"] = made.json()["id"]  # a named embedding set of dataset B
+    made = c.post(f"/v1/datasets/{w.ids['A']}/embedding-sets", json={"name": "e", "model_id": "m"}, headers=admin)
+    w.ids["EA"] = made.json()["id"]
     for key in ("W", "S"):  # W: a warm-up run; S: a run stopped by a failing step
         run = c.post("/v1/runs", json={"dataset_id": w.ids["A"], "config": CONFIG}, headers=admin)
         assert run.status_code == 201, run.text
@@ -342,6 +347,133 @@ CASES: dict[str, Case] = {
         as_json({"folder": "dicom", "reports": "reports.jsonl"}),
         400,
         "malformed_sidecar",
+    ),
+    # ---- POST /v1/datasets/{id}/import ----
+    "import_unknown_format": Case(
+        "POST", "/v1/datasets/{A}/import", as_json({"format": "dicomdir"}), 422, "invalid_request"
+    ),
+    "import_missing_layout": Case(
+        "POST", "/v1/datasets/{A}/import", as_json({"format": "mimic-cxr"}), 422, "invalid_layout"
+    ),
+    "import_table_escaping_the_root": Case(
+        "POST",
+        "/v1/datasets/{A}/import",
+        as_json({"format": "padchest", "options": {"table": "../../../etc/passwd"}}),
+        422,
+        "invalid_layout",
+    ),
+    "import_table_path_5000_chars": Case(
+        "POST",
+        "/v1/datasets/{A}/import",
+        as_json({"format": "nih", "options": {"table": "t" * 5000}}),
+        422,
+        "invalid_request",
+    ),
+    "import_unknown_option": Case(
+        "POST", "/v1/datasets/{A}/import", as_json({"format": "nih", "options": {"x": 1}}), 422, "invalid_request"
+    ),
+    "import_into_root_outside_allowed": Case(
+        "POST", "/v1/datasets/{legacy}/import", as_json({"format": "nih"}), 409, "root_not_allowed"
+    ),
+    "import_unknown_dataset": Case(
+        "POST", "/v1/datasets/999999/import", as_json({"format": "nih"}), 404, "unknown_dataset"
+    ),
+    "import_by_trainer": Case("POST", "/v1/datasets/{A}/import", as_json({"format": "nih"}), 403, "forbidden", "W"),
+    # ---- POST /v1/datasets/{id}/embedding-sets ----
+    "embedding_set_bad_name": Case(
+        "POST", "/v1/datasets/{A}/embedding-sets", as_json({"name": "../x", "model_id": "m"}), 422, "invalid_request"
+    ),
+    "embedding_set_name_taken": Case(
+        "POST", "/v1/datasets/{A}/embedding-sets", as_json({"name": "e", "model_id": "m"}), 409, "embedding_set_exists"
+    ),
+    "embedding_set_model_id_5000_chars": Case(
+        "POST",
+        "/v1/datasets/{A}/embedding-sets",
+        as_json({"name": "m", "model_id": "m" * 5000}),
+        422,
+        "invalid_request",
+    ),
+    "embedding_set_of_unknown_dataset": Case(
+        "POST", "/v1/datasets/999999/embedding-sets", as_json({"name": "n", "model_id": "m"}), 404, "unknown_dataset"
+    ),
+    "embedding_set_by_trainer": Case(
+        "POST", "/v1/datasets/{A}/embedding-sets", as_json({"name": "n", "model_id": "m"}), 403, "forbidden", "W"
+    ),
+    # ---- POST /v1/embedding-sets/{id}/embeddings ----
+    "set_npz_unknown_external_ids": Case(
+        "POST",
+        "/v1/embedding-sets/{EA}/embeddings",
+        body(npz_of(external_id=npy(np.array(["s1", "nope"])), embedding=npy(np.ones((2, 4), np.float16))), OCTET),
+        422,
+        "unknown_samples",
+    ),
+    "set_npz_foreign_sample_ids": Case(
+        "POST",
+        "/v1/embedding-sets/{EA}/embeddings",
+        lambda w: {
+            "content": npz_of(sample_id=npy(np.array([w.ids["sB"]])), embedding=npy(np.ones((1, 4), np.float16))),
+            "headers": OCTET,
+        },
+        422,
+        "unknown_samples",
+    ),
+    "set_npz_external_id_of_6000_chars": Case(
+        "POST",
+        "/v1/embedding-sets/{EA}/embeddings",
+        body(npz_of(external_id=npy(np.array(["x" * 6000])), embedding=npy(np.ones((1, 4), np.float16))), OCTET),
+        422,
+        "bad_ids",
+    ),
+    "set_npz_object_external_ids": Case(
+        "POST",
+        "/v1/embedding-sets/{EA}/embeddings",
+        body(npz_of(external_id=npy_header((2,), "|O") + bytes(16), embedding=npy(np.ones((2, 4), np.float16))), OCTET),
+        422,
+        "bad_ids",
+    ),
+    "set_npz_2_mb_inflating_to_2_gib": Case(
+        "POST",
+        "/v1/embedding-sets/{EA}/embeddings",
+        lambda w: {
+            "content": zip_archive(
+                [
+                    stored("external_id.npy", npy(np.array(["s1", "s2"]))),
+                    deflated_zeros("embedding.npy", BOMB_HEAD, 2**31),
+                ]
+            ),
+            "headers": OCTET,
+        },
+        413,
+        "inflated_too_large",
+    ),
+    "set_npz_nan_row": Case(
+        "POST",
+        "/v1/embedding-sets/{EA}/embeddings",
+        body(npz_of(external_id=npy(np.array(["s1", "s2"])), embedding=float_rows(2, 1, float("nan"))), OCTET),
+        422,
+        "non_finite",
+    ),
+    "set_npz_to_unknown_set": Case(
+        "POST",
+        "/v1/embedding-sets/999999/embeddings",
+        body(npz_of(external_id=npy(np.array(["s1"])), embedding=npy(np.ones((1, 4), np.float16))), OCTET),
+        404,
+        "unknown_embedding_set",
+    ),
+    "set_npz_by_trainer": Case("POST", "/v1/embedding-sets/{EA}/embeddings", body(b"PK", OCTET), 403, "forbidden", "W"),
+    "run_with_foreign_embedding_set": Case(
+        "POST",
+        "/v1/runs",
+        lambda w: {"json": {"dataset_id": w.ids["A"], "config": CONFIG, "embedding_set_id": w.ids["EB"]}},
+        422,
+        "foreign_embedding_set",
+    ),
+    "run_with_unknown_embedding_set": Case(
+        "POST",
+        "/v1/runs",
+        lambda w: {"json": {"dataset_id": w.ids["A"], "config": CONFIG, "embedding_set_id": 999999}},
+        404,
+        "unknown_embedding_set",
     ),
     # ---- POST /v1/datasets/{id}/exclusions ----
     "exclusion_by_trainer": Case(

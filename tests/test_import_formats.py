@@ -21,10 +21,14 @@ from tests.import_fixtures import chexpert_plus_root, mimic_root, nih_root, open
 
 def do_import(client, admin, root: Path, fmt: str, options: dict | None = None, dataset: int | None = None):
     if dataset is None:
-        made = client.post("/v1/datasets", json={"name": f"{fmt}-{uuid.uuid4().hex[:8]}", "root": str(root)}, headers=admin)
+        made = client.post(
+            "/v1/datasets", json={"name": f"{fmt}-{uuid.uuid4().hex[:8]}", "root": str(root)}, headers=admin
+        )
         assert made.status_code == 201, made.text
         dataset = made.json()["id"]
-    answer = client.post(f"/v1/datasets/{dataset}/import", json={"format": fmt, "options": options or {}}, headers=admin)
+    answer = client.post(
+        f"/v1/datasets/{dataset}/import", json={"format": fmt, "options": options or {}}, headers=admin
+    )
     return dataset, answer
 
 
@@ -51,7 +55,9 @@ def test_openi_real_reports(client, admin, db, tmp_path: Path) -> None:
         writer = csv.writer(fh)
         writer.writerow(["uid", "filename", "projection"])
         for name in images:
-            writer.writerow([name.split("_")[0][3:], name[3:] + ".dcm.png", "Frontal" if name in frontal else "Lateral"])
+            writer.writerow(
+                [name.split("_")[0][3:], name[3:] + ".dcm.png", "Frontal" if name in frontal else "Lateral"]
+            )
     _, answer = do_import(client, admin, tmp_path, "openi", {"projections": "indiana_projections.csv"}, dataset)
     result = answer.json()
     samples = stored(db, dataset)
@@ -118,7 +124,11 @@ def test_nih_real_table_through_the_cli_reports_made_from_labels(pg_url, tmp_pat
         get_settings.cache_clear()
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout.strip().splitlines()[-1])
-    assert summary["rows"] == 2000 and summary["accepted"] == 1999 and summary["rejected_by_reason"] == {"file not found": 1}
+    assert (
+        summary["rows"] == 2000
+        and summary["accepted"] == 1999
+        and summary["rejected_by_reason"] == {"file not found": 1}
+    )
     logged = list(csv.DictReader(log.open()))
     assert [(r["kind"], r["external_id"]) for r in logged] == [("rejected", rows[5]["Image Index"])]
     samples = stored(db, summary["dataset_id"])
@@ -138,12 +148,17 @@ def test_mimic_cxr_fixture(client, admin, db, tmp_path: Path, sectioned: bool) -
     dataset, answer = do_import(client, admin, tmp_path, "mimic-cxr")
     result = answer.json()
     assert answer.status_code == 200, result
-    assert result["accepted"] == 3 and reasons(result, "skipped") == {"d1-lat": "view LATERAL is not frontal (frontal_only)"}
+    assert result["accepted"] == 3 and reasons(result, "skipped") == {
+        "d1-lat": "view LATERAL is not frontal (frontal_only)"
+    }
     refused = reasons(result, "rejected")
     assert refused["d3-pa"].startswith("placeholder-only report") and refused["d4-ap"].startswith("file not found")
     samples = stored(db, dataset)
     pa = samples["d1-pa"]
-    assert pa.report == "There is no focal consolidation, pleural effusion or pneumothorax. No acute cardiopulmonary process."
+    assert (
+        pa.report
+        == "There is no focal consolidation, pleural effusion or pneumothorax. No acute cardiopulmonary process."
+    )
     assert (pa.patient_id, pa.study_id, pa.split, pa.labels) == ("10000032", "50414267", "train", ["No Finding"])
     assert pa.image_uri == "files/p10/p10000032/s50414267/d1-pa.jpg" and pa.meta["ViewPosition"] == "PA"
     ap = samples["d2-ap"]

@@ -93,7 +93,7 @@ def subset_provenance(
     fmt: Annotated[ExportFormat, Query(alias="format", description="the export format")] = "jsonl",
 ) -> dict[str, Any]:
     """The provenance of the run's subset export (the ``.provenance.json`` that ``chexcurate export`` writes)."""
-    return export_source(session, run_id, fmt).provenance
+    return export_source(session, run_id, fmt, snapshot=False).provenance
 
 
 def _export(sessions: sessionmaker[Session], run_id: int, fmt: ExportFormat, shard: int | None) -> Iterator[Any]:

@@ -65,10 +65,10 @@ class ExportSource:
         return np.sort(run_pool(self.session, self.run))
 
 
-def export_source(session: Session, run_id: int, fmt: str) -> ExportSource:
-    """The run's subset and provenance, in a REPEATABLE READ snapshot on Postgres (so ``subset_size`` equals the
-    rows that follow); 404 ``unknown_run``."""
-    if is_postgres(session):
+def export_source(session: Session, run_id: int, fmt: str, snapshot: bool = True) -> ExportSource:
+    """The run's subset and provenance, in a REPEATABLE READ snapshot on Postgres when ``snapshot`` (a fresh
+    session: so ``subset_size`` equals the rows that follow); 404 ``unknown_run``."""
+    if snapshot and is_postgres(session):
         session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
     run = load_run(session, run_id)
     dataset = session.get(Dataset, run.dataset_id)
