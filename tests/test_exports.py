@@ -173,3 +173,9 @@ def test_the_cli_writes_the_same_exports_with_a_provenance_beside_each(
         assert bad.exit_code == 2 and "unknown format" in bad.output
     finally:
         get_settings.cache_clear()
+
+
+def test_a_shard_of_a_format_without_shards_is_a_json_422(client, admin, curated) -> None:
+    answer = client.get(f"/v1/runs/{curated['run']}/subset", params={"format": "csv", "shard": 0}, headers=admin)
+    assert (answer.status_code, answer.json()["error"]) == (422, "invalid_request")
+    assert client.get(f"/v1/runs/{curated['run']}/subset?format=parquet&shard=-1", headers=admin).status_code == 422
