@@ -338,8 +338,8 @@ def test_csv_ingests_through_the_api_with_the_expected_counts(client, app, admin
     sample = next(s for e, s in stored.items() if rows.get(e, {}).get("study") == "1")
     row = rows[sample.external_id]
     assert sample.labels == (row["labels"].split("|") if row["labels"] else [])
+    assert sample.patient_id == row["patient_id"]  # a column of its own, not meta
     assert sample.meta == {
-        "patient_id": row["patient_id"],
         "study": "1",
         "near_duplicate": "true",
         "noise": row["noise"],
