@@ -29,6 +29,7 @@ from .store import SampleIn, SampleWriter
 PROGRESS_EVERY = 200
 
 Issue = Callable[[str, ImportIssueOut], None]  # ("skipped" | "rejected", the row)
+Progress = Callable[[int, int], None] | None
 
 
 def compose_report(record: Record, options: ImportOptions) -> str:
@@ -113,17 +114,9 @@ class _Tally:
 
 
 def import_set(
-    session: Session,
-    dataset_id: int,
-    root: Path,
-    request: ImportRequest,
-    progress: Callable[[int, int], None] | None = None,
-    paths: PathLimits = PathLimits(),
-    text: TextLimits = TextLimits(),
-    on_issue: Issue | None = None,
+    session: Session, dataset_id: int, ctx: Context, request: ImportRequest, progress: Progress, on_issue: Issue | None
 ) -> ImportResult:
     """Read the set's layout, apply the options, upsert the samples (not committed: the caller commits)."""
-    ctx = Context(root, request.options, paths, text)
     source = READERS[request.format](ctx)
     writer = SampleWriter(session, dataset_id)
     tally = _Tally(on_issue)
@@ -172,7 +165,7 @@ def run_import(
     dataset_id: int,
     root: Path,
     request: ImportRequest,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress = None,
     paths: PathLimits = PathLimits(),
     text: TextLimits = TextLimits(),
     on_issue: Issue | None = None,
@@ -181,7 +174,9 @@ def run_import(
     layout is 422 ``invalid_layout``, an unreadable table or report 400 ``malformed_file``, and nothing is
     written."""
     try:
-        result = import_set(session, dataset_id, root, request, progress, paths, text, on_issue)
+        result = import_set(
+            session, dataset_id, Context(root, request.options, paths, text), request, progress, on_issue
+        )
     except LayoutError as exc:
         session.rollback()
         raise ApiError(422, "invalid_layout", f"{request.format}: {exc.detail}") from exc

@@ -115,6 +115,23 @@ def require_columns(*names: str) -> HeaderCheck:
 SAMPLE_HEADER = require_columns("external_id")
 
 
+def csv_records(reader: Any, name: str = "") -> Iterator[tuple[int, list[str]]]:
+    """``(line where it starts, cells)`` of each non-blank record after the ones ``reader`` (a ``csv.reader``) has
+    read; a syntax error is a malformed body naming its line (and ``name``, the file)."""
+    last_line = reader.line_num
+    while True:
+        start = last_line + 1
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise MalformedBody(f"{name + ': ' if name else ''}invalid CSV: {exc}", start) from exc
+        last_line = reader.line_num
+        if cells:  # not a blank line
+            yield start, cells
+
+
 def iter_csv(lines: Iterable[str], check_header: HeaderCheck = SAMPLE_HEADER) -> Iterator[RawRow]:
     """CSV records as dicts of their non-empty cells; ``labels`` becomes a list split on ``|``.
 
@@ -132,18 +149,7 @@ def iter_csv(lines: Iterable[str], check_header: HeaderCheck = SAMPLE_HEADER) ->
         raise MalformedBody(f"invalid CSV header: {problem} (columns: {', '.join(header)})", 1)
     if len(set(header)) != len(header) or "" in header:
         raise MalformedBody("invalid CSV header: empty or repeated column names", 1)
-    last_line = reader.line_num
-    while True:
-        start = last_line + 1
-        try:
-            cells = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as exc:
-            raise MalformedBody(f"invalid CSV: {exc}", start) from exc
-        last_line = reader.line_num
-        if not cells:  # blank line
-            continue
+    for start, cells in csv_records(reader):
         if len(cells) != len(header):
             yield RawRow(start, {}, f"row has {len(cells)} fields but the header has {len(header)}")
             continue

@@ -14,7 +14,7 @@ from typing import IO, Any, cast
 from ...limits import PathLimits, TextLimits
 from ...schemas.imports import ImportOptions
 from ..paths import PathRejected, relative_uri, resolve_inside
-from ..rows import MalformedBody, decoded_lines
+from ..rows import MalformedBody, csv_records, decoded_lines
 
 #: the 14 CheXpert labeler observations (MIMIC-CXR's -chexpert.csv, CheXpert's train.csv)
 CHEXPERT_LABELS = (
@@ -178,19 +178,8 @@ def _gzip_errors(chunks: Iterator[bytes], name: str) -> Iterator[bytes]:
 
 def _rows(reader: Any, header: list[str], name: str, raw: IO[bytes]) -> Iterator[tuple[int, dict[str, str]]]:
     with raw:
-        last = reader.line_num
-        while True:
-            start = last + 1
-            try:
-                cells = next(reader)
-            except StopIteration:
-                return
-            except csv.Error as exc:
-                raise MalformedBody(f"{name}: invalid CSV: {exc}", start) from exc
-            last = reader.line_num
-            if not cells:
-                continue
-            row = {name: value.strip() for name, value in zip(header, cells, strict=False)}
+        for start, cells in csv_records(reader, name):
+            row = {column: value.strip() for column, value in zip(header, cells, strict=False)}
             if len(cells) != len(header):
                 row["__error__"] = f"row has {len(cells)} fields but the header has {len(header)}"
             yield start, row
