@@ -112,9 +112,22 @@ def train_command(
         int, typer.Option("--run", "--run-id", envvar="CHEX_RUN", min=1, help="run id to train (alias --run-id)")
     ],
     token: Annotated[str | None, typer.Option(envvar="CHEX_TOKEN", help="trainer token scoped to the run")] = None,
-    model: Annotated[str, typer.Option(help="model preset: default (DINOv2 + Bio_ClinicalBERT), minilm, tiny")] = (
-        "default"
-    ),
+    model: Annotated[
+        str, typer.Option(help="model preset: default (DINOv2 + Bio_ClinicalBERT), minilm, minilm-cnn, tiny")
+    ] = "default",
+    lock_text: Annotated[
+        bool | None, typer.Option("--lock-text/--no-lock-text", help="freeze the text tower (default: the preset's)")
+    ] = None,
+    lock_text_unlocked_layers: Annotated[
+        int | None, typer.Option(min=0, help="with --lock-text: leave the last N text layers training")
+    ] = None,
+    lock_image: Annotated[
+        bool | None,
+        typer.Option("--lock-image/--no-lock-image", help="freeze the image tower (default: the preset's)"),
+    ] = None,
+    lock_image_unlocked_groups: Annotated[
+        int | None, typer.Option(min=0, help="with --lock-image: leave the last N image layer groups training")
+    ] = None,
     data_root: Annotated[
         Path, typer.Option(file_okay=False, help="where the dataset's image URIs resolve (the dataset root)")
     ] = Path("."),
@@ -150,6 +163,8 @@ def train_command(
     try:
         config = TrainConfig(
             api=api, run_id=run, token=token, model=model, data_root=data_root, out=out, device=device,
+            lock_text=lock_text, lock_text_unlocked_layers=lock_text_unlocked_layers, lock_image=lock_image,
+            lock_image_unlocked_groups=lock_image_unlocked_groups,
             amp=amp,  # type: ignore[arg-type]
             select_mode=select_mode,  # type: ignore[arg-type]
             lr=lr, weight_decay=weight_decay, lr_warmup_steps=lr_warmup_steps, total_steps=total_steps,

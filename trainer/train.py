@@ -28,7 +28,7 @@ from .client import ServiceClient, ServiceError
 from .data import Batch, ImageTransform, encode_batch, tokenize
 from .distributed import World, broadcast_object, cleanup, gather_objects, gather_rows, init_distributed
 from .loss import clip_loss
-from .model import ClipModel, build_model
+from .model import ClipConfig, ClipModel, build_model, preset_config
 from .prefetch import BackgroundAcks, ManifestFeed, Prefetcher
 from .schedule import cosine_lr, estimate_total_steps
 
@@ -42,6 +42,11 @@ class TrainConfig:
     run_id: int
     token: str | None = None
     model: str = "default"
+    #: open_clip's lock flags; None keeps the preset's choice
+    lock_text: bool | None = None
+    lock_text_unlocked_layers: int | None = None
+    lock_image: bool | None = None
+    lock_image_unlocked_groups: int | None = None
     data_root: Path = Path(".")
     out: Path = Path("runs/trainer")
     #: None: cuda when available, else cpu (resolved on construction, so every later reader sees a device)
@@ -66,6 +71,15 @@ class TrainConfig:
     tensorboard: Path | None = None
     progress: bool = True
     retry_for: float = 600.0
+
+    def model_config(self) -> ClipConfig:
+        """The preset's config with the lock flags given here applied."""
+        cfg = preset_config(self.model)
+        for key in ("lock_text", "lock_text_unlocked_layers", "lock_image", "lock_image_unlocked_groups"):
+            value = getattr(self, key)
+            if value is not None:
+                setattr(cfg, key, value)
+        return cfg
 
     def __post_init__(self) -> None:
         self.data_root, self.out = Path(self.data_root), Path(self.out)
@@ -162,7 +176,7 @@ class Trainer:
         if config.amp == "fp16" and self.device.type != "cuda":
             raise ValueError("fp16 AMP needs a CUDA device; use --amp bf16 or off on CPU")
         torch.manual_seed(config.seed)
-        self.model: ClipModel = (model or build_model(config.model)).to(self.device)
+        self.model: ClipModel = (model or build_model(config.model_config())).to(self.device)
         self.net: nn.Module = self.model
         if world.size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -505,10 +519,12 @@ def _session(config: TrainConfig) -> Iterator[tuple[World, ServiceClient | None]
         cleanup()
 
 
-def train(config: TrainConfig) -> Summary:
-    """Train on a run until the service says it is done (or ``max_steps``); resumable from ``out/latest.pt``."""
+def train(config: TrainConfig, model: ClipModel | None = None) -> Summary:
+    """Train on a run until the service says it is done (or ``max_steps``); resumable from ``out/latest.pt``.
+
+    ``model``: an already built model instead of ``config.model``'s preset (a benchmark shares one text cache)."""
     with _session(config) as (world, client):
-        trainer = Trainer(config, world, client)
+        trainer = Trainer(config, world, client, model)
         if config.resume:
             trainer.restore()
         return trainer.fit()

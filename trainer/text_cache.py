@@ -1,0 +1,59 @@
+"""Pooled outputs of a locked text tower, kept per tokenized report: a corpus repeats its reports (follow-ups,
+templates, normal studies), and the same report always gives the same output from a tower that does not train."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+
+class TextFeatureCache:
+    """Report token ids (padding left out) → the tower's pooled feature, on the CPU in float32.
+
+    ``features`` runs ``compute`` once on the rows not seen before (as one sub-batch, padded to their own longest)
+    and answers every row from the store. ``misses`` counts the reports the tower encoded, ``hits`` the rows
+    answered without it.
+    """
+
+    def __init__(self, max_entries: int = 1_000_000) -> None:
+        self.max_entries = max_entries
+        self.store: dict[tuple[int, ...], torch.Tensor] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def features(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        compute: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    ) -> torch.Tensor:
+        """``[B, T]`` ids and mask → ``[B, H]`` features on the ids' device."""
+        pairs = zip(input_ids.cpu(), attention_mask.cpu(), strict=True)
+        keys = [tuple(ids[mask.bool()].tolist()) for ids, mask in pairs]
+        fresh: dict[tuple[int, ...], int] = {}
+        for i, key in enumerate(keys):
+            if key not in self.store and key not in fresh:
+                fresh[key] = i
+        self.misses += len(fresh)
+        self.hits += len(keys) - len(fresh)
+        if fresh:
+            rows = list(fresh.values())
+            ids, mask = input_ids[rows], attention_mask[rows]
+            longest = int(mask.sum(dim=1).max())
+            if not mask[:, longest:].any():  # right padding: the sub-batch needs only its own longest row
+                ids, mask = ids[:, :longest], mask[:, :longest]
+            out = compute(ids, mask).detach().float().cpu()
+            if out.is_inference():  # filled under inference_mode (evaluation): a normal copy can enter training
+                with torch.inference_mode(False):
+                    out = out.clone()
+            answered = dict(zip(fresh, out, strict=True))
+            if len(self.store) + len(answered) <= self.max_entries:
+                self.store.update(answered)
+        else:
+            answered = {}
+        stacked = torch.stack([self.store[k] if k in self.store else answered[k] for k in keys])
+        return stacked.to(input_ids.device)
