@@ -23,15 +23,21 @@ def _render(result: dict[str, Any]) -> None:
 
     console = Console()
     zs = result["zero_shot"]
+    ens = result.get("zero_shot_ensemble") or {}
     table = Table(title=f"Zero-shot findings ({result['n_images']} images)")
-    for name, justify in (("finding", "left"), ("AUC", "right"), ("pos", "right"), ("neg", "right")):
+    columns = [("finding", "left"), ("AUC", "right")] + ([("AUC, ensemble", "right")] if ens else [])
+    for name, justify in (*columns, ("pos", "right"), ("neg", "right")):
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
+
+    def cell(value: float | None, bold: bool = False) -> str:
+        text = f"{value:.4f}" if value is not None else "[dim]skipped[/dim]"
+        return f"[bold]{text}[/bold]" if bold else text
+
     for finding, counts in zs["counts"].items():
-        auc = zs["auc"].get(finding)
-        shown = f"{auc:.4f}" if auc is not None else "[dim]skipped[/dim]"
-        table.add_row(finding, shown, str(counts["positive"]), str(counts["negative"]))
-    macro = zs["macro_auc"]
-    table.add_row("[bold]macro[/bold]", f"[bold]{macro:.4f}[/bold]" if macro is not None else "-", "", "")
+        shown = [cell(zs["auc"].get(finding))] + ([cell(ens["auc"].get(finding))] if ens else [])
+        table.add_row(finding, *shown, str(counts["positive"]), str(counts["negative"]))
+    macro = [cell(zs["macro_auc"], True)] + ([cell(ens["macro_auc"], True)] if ens else [])
+    table.add_row("[bold]macro[/bold]", *macro, "", "")
     console.print(table)
     retrieval = result["retrieval"]
     if retrieval is None:
@@ -59,6 +65,14 @@ def eval_command(
     ] = None,
     model: Annotated[str, typer.Option(help="preset for an untrained model when no --checkpoint")] = "default",
     findings: Annotated[str | None, typer.Option(help="comma-separated findings to evaluate (default: all)")] = None,
+    prompts: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            help="JSON of finding -> {positive: [...], negative: [...]}: also score with these prompt ensembles",
+        ),
+    ] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="evaluate a seeded random subset of this many rows")] = None,
     seed: Annotated[int, typer.Option(help="seed of the --limit subset")] = 0,
     json_out: Annotated[Path | None, typer.Option(help="JSON results file ('-': stdout, no table)")] = None,
@@ -69,7 +83,7 @@ def eval_command(
     """Zero-shot findings AUC (per finding and macro) and image/report retrieval R@1/5/10 on a labelled CSV."""
     import torch
 
-    from trainer.eval import evaluate, read_labelled_csv, sample_rows
+    from trainer.eval import evaluate, read_labelled_csv, read_prompt_sets, sample_rows
     from trainer.model import build_model, load_checkpoint_model
 
     try:
@@ -77,6 +91,10 @@ def eval_command(
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--csv") from exc
     rows = sample_rows(rows, limit, seed)
+    try:
+        prompt_sets = read_prompt_sets(prompts) if prompts is not None else None
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--prompts") from exc
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     meta: dict[str, Any] = {}
     if checkpoint is not None:
@@ -86,7 +104,10 @@ def eval_command(
             net = build_model(model)
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="--model") from exc
-    result = evaluate(net, rows, image_root or csv.parent, found, batch_size=batch_size, device=device, workers=workers)
+    result = evaluate(
+        net, rows, image_root or csv.parent, found, batch_size=batch_size, device=device, workers=workers,
+        prompt_sets=prompt_sets,
+    )  # fmt: skip
     result["model"] = {
         "checkpoint": str(checkpoint) if checkpoint else None,
         "preset": None if checkpoint else model,

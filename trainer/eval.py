@@ -19,8 +19,9 @@ root; an optional ``report`` column enables retrieval.
 from __future__ import annotations
 
 import csv
+import json
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -175,6 +176,30 @@ def encode_texts(model: ClipModel, texts: Sequence[str], device: torch.device, b
     return np.concatenate(out) if out else np.zeros((0, model.proj_dim), dtype=np.float32)
 
 
+def ensemble_embedding(model: ClipModel, prompts: Sequence[str], device: torch.device) -> np.ndarray:
+    """The L2-normalised mean of the prompts' embeddings ``[D]``."""
+    if not prompts:
+        raise ValueError("a prompt ensemble needs at least one prompt")
+    mean = encode_texts(model, prompts, device).mean(axis=0)
+    return (mean / max(float(np.linalg.norm(mean)), 1e-12)).astype(np.float32)
+
+
+def read_prompt_sets(path: Path) -> dict[str, dict[str, list[str]]]:
+    """A JSON file of finding → ``{"positive": [...], "negative": [...]}`` (both non-empty lists of strings)."""
+    data = json.loads(Path(path).read_text())
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected an object of finding -> prompt lists")
+    out: dict[str, dict[str, list[str]]] = {}
+    for finding, sides in data.items():
+        if not isinstance(sides, dict) or any(
+            not isinstance(sides.get(k), list) or not sides[k] or not all(isinstance(t, str) for t in sides[k])
+            for k in ("positive", "negative")
+        ):
+            raise ValueError(f"{path}: {finding!r} needs non-empty 'positive' and 'negative' lists of strings")
+        out[str(finding)] = {"positive": list(sides["positive"]), "negative": list(sides["negative"])}
+    return out
+
+
 @torch.inference_mode()
 def encode_images(
     model: ClipModel, rows: Sequence[EvalRow], root: Path, device: torch.device, batch_size: int = 32, workers: int = 4
@@ -209,11 +234,14 @@ def evaluate(
     workers: int = 4,
     positive_template: str = POSITIVE_TEMPLATE,
     negative_template: str = NEGATIVE_TEMPLATE,
+    prompt_sets: Mapping[str, Mapping[str, Sequence[str]]] | None = None,
 ) -> dict[str, Any]:
     """Zero-shot AUC and (when every readable row has a report) retrieval recall of ``model`` on ``rows``.
 
     ``findings`` defaults to every finding named in the rows' labels. The model is put in eval mode and moved to
-    ``device``. Returns a JSON-ready dict.
+    ``device``. ``prompt_sets`` (finding → ``{"positive": [...], "negative": [...]}``, e.g. in the phrasing of the
+    dataset's reports) adds ``zero_shot_ensemble``: each side scored by the mean of its prompts' embeddings, as
+    CLIP's zero-shot template ensembles do; findings without a set are left out of it. Returns a JSON-ready dict.
     """
     device = torch.device(device)
     model.eval().to(device)
@@ -233,6 +261,17 @@ def evaluate(
     labels = {f: np.array([r.labels.get(f, -1) for r in kept_rows], dtype=np.int64) for f in findings}
     zero_shot = zero_shot_auc(image_emb, positive, negative, scale, labels)
     zero_shot["prompts"] = prompts
+    ensemble: dict[str, Any] | None = None
+    if prompt_sets is not None:
+        covered = [f for f in findings if f in prompt_sets]
+        sides = [
+            np.stack([ensemble_embedding(model, list(prompt_sets[f][side]), device) for f in covered])
+            if covered
+            else np.zeros((0, model.proj_dim), dtype=np.float32)
+            for side in ("positive", "negative")
+        ]
+        ensemble = zero_shot_auc(image_emb, sides[0], sides[1], scale, {f: labels[f] for f in covered})
+        ensemble["prompts"] = {f: {k: list(v) for k, v in prompt_sets[f].items()} for f in covered}
 
     retrieval: dict[str, Any] | None = None
     retrieval_skipped: str | None = None
@@ -252,6 +291,7 @@ def evaluate(
         "unreadable": [{"path": p, "reason": reason} for p, reason in unreadable],
         "logit_scale": scale,
         "zero_shot": zero_shot,
+        "zero_shot_ensemble": ensemble,
         "retrieval": retrieval,
         "retrieval_skipped": retrieval_skipped,
     }

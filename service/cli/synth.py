@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..synth import SynthFormat
+from ..synth.calibration import FOLLOWUP_RATE, MAX_FOLLOWUPS
 from .common import fail
 
 
@@ -26,8 +27,10 @@ def synth(
     corrupt_rate: Annotated[
         float, typer.Option(min=0, max=1, help="truncated (rejected by ingest) and undecodable images; 0 for none")
     ] = 0.01,
-    followup_rate: Annotated[float, typer.Option(min=0, max=1, help="patients with near-duplicate follow-ups")] = 0.2,
-    max_followups: Annotated[int, typer.Option(min=1, help="follow-ups per such patient, 1..max")] = 4,
+    followup_rate: Annotated[
+        float, typer.Option(min=0, max=1, help="patients with near-duplicate follow-ups")
+    ] = FOLLOWUP_RATE,
+    max_followups: Annotated[int, typer.Option(min=1, help="follow-ups per such patient, 1..max")] = MAX_FOLLOWUPS,
     image_format: Annotated[SynthFormat, typer.Option("--format", help="png, or 12-bit CR DICOM + sidecars")] = (
         SynthFormat.png
     ),

@@ -17,6 +17,8 @@ import gzip
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
+
 #: the catalogue key → the PadChest labels (its ``Labels`` column) that show that finding on a radiograph
 PADCHEST_LABELS: dict[str, tuple[str, ...]] = {
     "devices": (
@@ -48,7 +50,12 @@ PADCHEST_SAMPLE = Path("../shared/data/formats/padchest/PADCHEST_chest_x_ray_ima
 MIMIC_STUDIES, MIMIC_PATIENTS = 227_835, 65_379
 STUDIES_PER_PATIENT = MIMIC_STUDIES / MIMIC_PATIENTS
 
-#: share of training pairs whose report belongs to another patient (an assumption, see docs/SYNTH.md)
+#: a patient has follow-up studies with this probability, 1..MAX_FOLLOWUPS of them (uniform): 1 + 0.62 · 4 = 3.48
+#: studies per patient on average, MIMIC-CXR's figure
+FOLLOWUP_RATE, MAX_FOLLOWUPS = 0.62, 7
+
+#: share of training pairs whose report belongs to another patient (an assumption, see docs/SYNTH.md); the
+#: generator's noise rate is 1.5 times this, a third of its noise being blank images
 MISMATCHED_SHARE = 0.02
 
 
@@ -195,6 +202,14 @@ FINDING_SETS: tuple[tuple[tuple[str, ...], int], ...] = (  # fmt: skip
 
 #: the PadChest lists labelled exactly "normal" (of the 1,997 parsable ones)
 PADCHEST_NORMAL, PADCHEST_STUDIES = 623, 1997
+
+
+def draw_finding_sets(rng: np.random.Generator, n: int) -> list[tuple[str, ...]]:
+    """``n`` finding sets drawn with replacement from the real ones (their joint distribution, co-occurrence
+    included)."""
+    counts = np.array([count for _, count in FINDING_SETS], dtype=np.float64)
+    picks = rng.choice(len(FINDING_SETS), size=n, p=counts / counts.sum())
+    return [FINDING_SETS[int(i)][0] for i in picks]
 
 
 def prevalence() -> dict[str, float]:

@@ -1,14 +1,20 @@
 """The finding catalogue of the synthetic CXR set: names, prevalence, report keywords.
 
-Prevalence is per patient (every study of a patient shows the same findings), drawn independently per
-finding, so findings co-occur at the product of their rates and "no finding" comes out at ~42 %. The
-rates fall from 25 % (support devices) to 0.2 % (pneumoperitoneum): the long tail the curation is meant to
-protect. Label names follow CheXpert's spelling where it has one, so prompts read naturally.
+Prevalence is per patient (every study of a patient shows the same findings). A patient's findings are the
+catalogue findings of one real PadChest label list drawn at random (``calibration``), so prevalences,
+co-occurrences and the share without any catalogued finding are PadChest's: from 9 % (pleural effusion) down to
+0.05 % (pneumoperitoneum), the long tail of a real corpus. Label names follow CheXpert's spelling where it has
+one, so prompts read naturally.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from .calibration import no_finding_share, prevalence
+
+#: the real share of studies showing each finding (PadChest), by catalogue key
+_REAL = prevalence()
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,41 +27,42 @@ class Finding:
 
     key: str  # identifier used in code (drawing, templates)
     label: str  # the label string in the CSV ``labels`` column
-    prevalence: float  # probability that a patient has it
+    prevalence: float  # share of real studies that show it: the probability that a patient has it
     keywords: tuple[str, ...]
     sign: str  # the visual sign drawn on the image, for findings.json and the docs
 
 
 CATALOGUE: tuple[Finding, ...] = (
-    Finding("devices", "Support Devices", 0.25, ("tube", "catheter", "lead", "device"),
+    Finding("devices", "Support Devices", _REAL["devices"], ("tube", "catheter", "lead", "device"),
             "radiopaque lines and tubes: endotracheal tube, central venous catheter, enteric tube, ECG leads"),
-    Finding("effusion", "Pleural Effusion", 0.15, ("effusion",),
+    Finding("effusion", "Pleural Effusion", _REAL["effusion"], ("effusion",),
             "basal meniscus with a blunted costophrenic angle"),
-    Finding("cardiomegaly", "Cardiomegaly", 0.12, ("cardiomegaly", "heart", "cardiac"),
+    Finding("cardiomegaly", "Cardiomegaly", _REAL["cardiomegaly"], ("cardiomegaly", "heart", "cardiac"),
             "enlarged heart shadow (cardiothoracic ratio > 0.55)"),
-    Finding("atelectasis", "Atelectasis", 0.09, ("atelecta",),
+    Finding("atelectasis", "Atelectasis", _REAL["atelectasis"], ("atelecta",),
             "plate-like band of opacity in a lower zone"),
-    Finding("consolidation", "Consolidation", 0.06, ("consolidat", "airspace"),
+    Finding("consolidation", "Consolidation", _REAL["consolidation"], ("consolidat", "airspace"),
             "patchy airspace opacity in one zone"),
-    Finding("edema", "Edema", 0.045, ("edema",),
+    Finding("edema", "Edema", _REAL["edema"], ("edema",),
             "bilateral hazy perihilar (bat-wing) opacity"),
-    Finding("nodule", "Nodule", 0.03, ("nodul",),
+    Finding("nodule", "Nodule", _REAL["nodule"], ("nodul",),
             "one to three small round opacities"),
-    Finding("hilar", "Hilar Enlargement", 0.02, ("hilar", "hila", "hilum"),
+    Finding("hilar", "Hilar Enlargement", _REAL["hilar"], ("hilar", "hila", "hilum"),
             "enlarged, dense hilar shadow(s)"),
-    Finding("pneumothorax", "Pneumothorax", 0.015, ("pneumothorax",),
+    Finding("pneumothorax", "Pneumothorax", _REAL["pneumothorax"], ("pneumothorax",),
             "apical pleural rim with absent lung markings beyond it"),
-    Finding("emphysema", "Emphysema", 0.01, ("emphysema", "hyperinflat", "hyperlucen"),
+    Finding("emphysema", "Emphysema", _REAL["emphysema"], ("emphysema", "hyperinflat", "hyperlucen"),
             "hyperlucent lungs with sparse markings and flattened diaphragms"),
-    Finding("mass", "Mass", 0.007, ("mass",),
+    Finding("mass", "Mass", _REAL["mass"], ("mass",),
             "large lobulated opacity"),
-    Finding("granuloma", "Calcified Granuloma", 0.005, ("granuloma",),
+    Finding("granuloma", "Calcified Granuloma", _REAL["granuloma"], ("granuloma",),
             "tiny very dense (calcified) dot"),
-    Finding("fracture", "Rib Fracture", 0.004, ("fracture",),
+    Finding("fracture", "Rib Fracture", _REAL["fracture"], ("fracture",),
             "a rib with a gap and a step, with a little callus"),
-    Finding("scoliosis", "Scoliosis", 0.003, ("scolio", "spin"),
+    Finding("scoliosis", "Scoliosis", _REAL["scoliosis"], ("scolio", "spin"),
             "laterally curved spine"),
-    Finding("pneumoperitoneum", "Pneumoperitoneum", 0.002, ("free air", "pneumoperitoneum", "free intraperitoneal"),
+    Finding("pneumoperitoneum", "Pneumoperitoneum", _REAL["pneumoperitoneum"],
+            ("free air", "pneumoperitoneum", "free intraperitoneal"),
             "lucent crescent of free air under the right hemidiaphragm"),
 )  # fmt: skip
 
@@ -82,8 +89,5 @@ def catalogue_json() -> list[dict[str, object]]:
 
 
 def no_finding_rate() -> float:
-    """Expected share of patients with no finding at all (findings are independent)."""
-    rate = 1.0
-    for f in CATALOGUE:
-        rate *= 1.0 - f.prevalence
-    return rate
+    """Expected share of patients without a catalogued finding (PadChest's)."""
+    return no_finding_share()

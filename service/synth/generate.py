@@ -7,6 +7,7 @@ Layout of ``out_dir``::
     train.csv, test.csv            external_id,image,report,labels,patient_id,study,near_duplicate,noise
     train_reports.csv, ...         DICOM only: the sidecar the service's DICOM scan reads (sop_uid, study_uid)
     findings.json                  the catalogue with its prevalence, observed shares and the noise kinds
+    prompts.json                   per finding, positive and negative prompts in the reports' phrasing
     synth.json                     the configuration and the counts (what ``generate`` returns)
 
 Determinism: the plan (patients, follow-ups, noise) comes from one seeded stream; every patient and every
@@ -36,9 +37,10 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
+from .calibration import FOLLOWUP_RATE, MAX_FOLLOWUPS, draw_finding_sets
 from .findings import CATALOGUE, catalogue_json, labels_cell, no_finding_rate
 from .images import Anatomy, FindingParams, draw_anatomy, draw_finding_params, draw_jitter, render, to_uint8
-from .reports import Phrasing, write_report
+from .reports import Phrasing, prompt_sets, write_report
 
 ImageFormat = Literal["png", "dicom"]
 
@@ -53,6 +55,8 @@ class SynthFormat(StrEnum):
 CSV_COLUMNS = ("external_id", "image", "report", "labels", "patient_id", "study", "near_duplicate", "noise")
 SIDECAR_COLUMNS = ("sop_uid", "study_uid", "report", "labels")
 MARKER = "synth.json"
+#: zero-shot prompt ensembles in the reports' own phrasing (``chexcurate-train eval --prompts``)
+PROMPTS = "prompts.json"
 
 #: noise kinds (training rows only) and what they are; see ``survives_ingest`` for the service's verdict
 NOISE_KINDS: dict[str, str] = {
@@ -92,8 +96,8 @@ class SynthConfig:
     image_size: int = 128
     noise_rate: float = 0.03  # mismatched reports (2/3) and blank images (1/3): both survive ingest
     corrupt_rate: float = 0.01  # truncated (rejected at ingest) and undecodable (trainer) images, half each
-    followup_rate: float = 0.2  # share of training patients with follow-up studies
-    max_followups: int = 4  # follow-ups per such patient: uniform in 1..max
+    followup_rate: float = FOLLOWUP_RATE  # share of training patients with follow-up studies
+    max_followups: int = MAX_FOLLOWUPS  # follow-ups per such patient: uniform in 1..max
     image_format: ImageFormat = "png"
     reshuffle: float = 0.25  # how often a follow-up report re-draws a phrasing choice
 
@@ -198,11 +202,11 @@ class Patient:
 
 @lru_cache(maxsize=64)
 def patient(seed: int, index: int) -> Patient:
-    """A patient's anatomy and findings (independent per finding, at the catalogue's prevalence)."""
+    """A patient's anatomy and findings (those of one real label list, drawn at random)."""
     rng = np.random.default_rng([seed, _PATIENT, index])
     anatomy = draw_anatomy(rng)
-    present = rng.random(len(CATALOGUE)) < np.array([f.prevalence for f in CATALOGUE])
-    findings = {f.key: draw_finding_params(f.key, rng) for f, on in zip(CATALOGUE, present, strict=True) if on}
+    present = set(draw_finding_sets(rng, 1)[0])
+    findings = {f.key: draw_finding_params(f.key, rng) for f in CATALOGUE if f.key in present}
     return Patient(anatomy, findings)
 
 
@@ -345,8 +349,8 @@ def generate(
     image_size: int = 128,
     noise_rate: float = 0.03,
     corrupt_rate: float = 0.01,
-    followup_rate: float = 0.2,
-    max_followups: int = 4,
+    followup_rate: float = FOLLOWUP_RATE,
+    max_followups: int = MAX_FOLLOWUPS,
     dicom: bool = False,
     workers: int = 1,
     progress: Callable[[int], None] | None = None,
@@ -392,7 +396,7 @@ def generate(
                     progress(len(chunk_rows))
     train = [r for r, s in zip(rows, studies, strict=True) if s.split == "train"]
     test = [r for r, s in zip(rows, studies, strict=True) if s.split == "test"]
-    files = ["train.csv", "test.csv", "findings.json", MARKER]
+    files = ["train.csv", "test.csv", "findings.json", PROMPTS, MARKER]
     _write_csv(out / "train.csv", CSV_COLUMNS, train)
     _write_csv(out / "test.csv", CSV_COLUMNS, test)
     if config.image_format == "dicom":
@@ -443,6 +447,7 @@ def generate(
         },
     }
     (out / "findings.json").write_text(json.dumps(findings_doc, indent=2) + "\n")
+    (out / PROMPTS).write_text(json.dumps(prompt_sets(), indent=2) + "\n")
     # synth.json leaves out the timing and the location, so that it too is identical for the same seed.
     stable = asdict(summary) | {"out_dir": None, "seconds": None, "pairs_per_s": None}
     (out / MARKER).write_text(json.dumps(stable, indent=2) + "\n")

@@ -299,3 +299,37 @@ def mentions(text: str) -> tuple[set[str], set[str]]:
             if any(re.search(r"\b" + re.escape(kw), lower) for kw in finding.keywords):
                 (denied if negative else asserted).add(finding.key)
     return asserted, denied
+
+
+def prompt_sets() -> dict[str, dict[str, list[str]]]:
+    """Zero-shot prompts per finding label in the phrasing of these reports: ``positive`` every way a report states
+    the finding (each side filled in), ``negative`` every way it denies it plus the normal impressions."""
+    out: dict[str, dict[str, list[str]]] = {}
+    sides = [{"side": side, "amp": side or 1.0, "zone": 2.0, "rib": 4.0} for side in (-1.0, 1.0, 0.0)]
+    devices = {"ett": 1.0, "cvc": 1.0, "ng": 1.0, "ecg": 1.0}
+    for finding in CATALOGUE:
+        if finding.key == "devices":
+            positive = [
+                text for side in (-1.0, 1.0) for text in _devices(devices | {"cvc_side": side}, _AllVariants())
+            ] + list(IMPRESSION["devices"])
+        else:
+            templates = POSITIVE[finding.key] + IMPRESSION[finding.key]
+            extra = (lambda p: {"count": 1.0, "side0": p["side"]}) if finding.key == "nodule" else (lambda p: {})
+            positive = [_fill(t, params | extra(params)) for t in templates for params in sides]
+        negative = [text for keys, variants in NEGATIONS if finding.key in keys for text in variants]
+        out[finding.label] = {
+            "positive": list(dict.fromkeys(positive)),
+            "negative": list(dict.fromkeys(negative + list(NORMAL_IMPRESSION))),
+        }
+    return out
+
+
+class _AllVariants(Phrasing):
+    """A phrasing that yields every variant in turn (for listing what a template can say)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def pick(self, options: Sequence[str]) -> str:
+        self.calls += 1
+        return options[self.calls % len(options)]
