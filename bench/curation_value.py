@@ -1,36 +1,40 @@
-"""Curation value: does CheXficient curation buy its compute savings without losing accuracy?
+"""Curation value: is curating worth it? CheXficient against full data, random and compute-matched baselines.
 
-Run: ``.venv/bin/python -m bench.curation_value`` (about 20 minutes on two CPU cores; ``--quick`` for a
-smoke check of every path in about a minute). Results: ``--out`` (default ``.bench/curation_value``) gets
-``results.json`` and the plots; ``--docs`` also copies the plots into ``docs/`` for ``docs/CURATION.md``.
+Run: ``.venv/bin/python -m bench.curation_value`` (``--quick`` for a smoke check of every path at tiny sizes).
+Results: ``--work`` (default ``.bench/curation_value``) gets ``results.json`` and the plots; ``--docs`` also copies
+the plots into ``docs/`` for ``docs/CURATION.md``.
 
-One synthetic CXR set (``chexcurate synth``, generator seed 0, untouched defaults apart from the sizes) and one
-embedded service (``chexcurate serve`` on SQLite, tasks in-process); the tiny model on CPU, a fixed epoch count,
-and for every training seed four arms, each a run of the service trained by the real trainer (``trainer.train``):
+One synthetic CXR set (``chexcurate synth``, calibrated to real statistics, generator seed 0, defaults apart from
+the sizes) and one embedded service (``chexcurate serve`` on SQLite, tasks in-process); the ``minilm-cnn`` model
+(locked pretrained MiniLM text tower, small conv net) on CPU, and for every training seed six arms, each a run of
+the service trained by the real trainer (``trainer.train``), all with the same hyperparameters:
 
-(a) full     the whole training set every epoch (``curation_epochs=0``; the service still asks for a warm-up of
-             ``k`` rows before its first epoch, counted below);
-(b) online   CheXficient: warm-up → one curation epoch (selection on each super-batch, InfoNCE on the kept rows)
-             → the other epochs on the curated subset;
-(c) random   a seeded random subset of the same size as (b)'s, registered as its own dataset, trained for the same
-             number of epochs (so it trains on exactly as many pairs as (b): (b)'s curation epoch trains only the
-             kept rows, which are its subset);
-(d) offline  curated before training: every training pair embedded once by a fixed encoder (the untrained model of
-             the seed, i.e. (b)'s warm-up encoder), bulk-uploaded, curated offline by the service, the subset
-             exported and trained like (c).
+(a)  full        the whole training set every epoch (``curation_epochs=0``; the service still asks for a small
+                 warm-up before its first epoch, counted below);
+(b)  online      CheXficient, faithful defaults: warm-up → one curation epoch (selection on each super-batch,
+                 InfoNCE on the kept rows) → the other epochs on the curated subset;
+(b′) online_density  (b) with the ``density`` central sampler;
+(c)  random      a seeded random subset of (b)'s size, trained for the same epochs (as many trained pairs as (b));
+(e)  full_equal  every pair, for as many pair-passes as (b) spent: the compute-matched baseline (the cosine
+                 schedule runs over that shorter horizon);
+(d)  offline     curated before training over the pretrained text tower's report embeddings (one forward per
+                 report), the subset exported and trained like (c).
 
 Compute is counted in pair-passes: a forward pass of one pair costs 1, a backward pass 2, so a trained pair costs 3.
 The trainer's summary gives the real counts: warm-up rows (forward only), curation rows (forward with gradient on
 the whole super-batch and backward: 3 per row, as the selection sees every row), subset rows (3); (d) adds the
-encoding pass (1 per pair). The compute fraction of an arm is its pair-passes over (a)'s in the same seed.
+encoding pass (1 per report). The compute fraction of an arm is its pair-passes over (a)'s in the same seed.
 
-Evaluation on the held-out split (``trainer.eval.evaluate``): zero-shot AUC per finding and macro; the mean AUC of
-the rarest third of the findings (by training prevalence, among the findings with both classes on the test split);
-retrieval R@5 (mean of image→report and report→image). Subset composition: per finding share in the subset ÷
-share in the dataset (the accepted pairs the run saw), and the same for near-duplicate follow-ups and noisy pairs.
+Evaluation on the held-out split (by patient; ``trainer.eval.evaluate``): zero-shot AUC per finding and macro, with
+the set's report-phrased prompt ensembles (the generic "Findings consistent with X." / "No X." macro AUC beside it);
+the mean AUC of the rarest third of the findings (by training prevalence, among the findings with both classes on
+the test split); retrieval R@5 (mean of image→report and report→image). Paired differences against (a) per seed,
+with a 95 % t interval. Subset composition: per finding share in the subset ÷ share in the dataset (the accepted
+pairs the run saw), the same for near-duplicate follow-ups and noisy pairs.
 
-Also (b) and (c) on the real images of ``../shared/data/covid19_radiography`` (1,000 COVID + 1,000 Normal): a
-seeded stratified hold-out, reports synthesised from the labels by the service (``synthesize_reports=true``).
+Also (a) and (b) (and (c) when asked) on the real images of ``../shared/data/covid19_radiography`` (1,000 COVID +
+1,000 Normal), with the same pretrained text tower: a seeded stratified hold-out, reports synthesised from the
+labels by the service (``synthesize_reports=true``).
 """
 
 from __future__ import annotations
@@ -59,37 +63,42 @@ from bench.report import machine
 from service.curation import BAND_LABELS, CurationConfig, curate_offline, unit_rows
 from service.demo import AdminApi, EmbeddedService, csv_text, flagged_shares, read_csv
 from service.ingest.reports import synthesize_report
-from trainer.data import ImageTransform, encode_batch
-from trainer.eval import EvalRow, evaluate, read_labelled_csv
+from trainer.data import tokenize
+from trainer.eval import EvalRow, evaluate, read_labelled_csv, read_prompt_sets
 from trainer.model import ClipModel, build_model, load_checkpoint_model
+from trainer.text_cache import TextFeatureCache
 from trainer.train import Summary, TrainConfig, train
 
 ROOT = Path(__file__).resolve().parent.parent
 COVID = ROOT.parent / "shared" / "data" / "covid19_radiography"
 DOCS = ROOT / "docs"
-ARMS = ("full", "online", "random", "offline", "offline_trained")
+ARMS = ("full", "online", "online_density", "random", "full_equal", "offline")
 ARM_LABEL = {
     "full": "(a) full data",
     "online": "(b) CheXficient online",
+    "online_density": "(b′) online, density central sampler",
     "random": "(c) random subset, same size",
-    "offline": "(d) offline curation",
-    "offline_trained": "(d′) offline, (a)'s trained encoder",
+    "full_equal": "(e) full data at equal compute",
+    "offline": "(d) offline, pretrained text embeddings",
 }
 SHORT_LABEL = {
     "full": "(a) full",
     "online": "(b) online",
+    "online_density": "(b′) online\ndensity",
     "random": "(c) random",
-    "offline": "(d) offline",
-    "offline_trained": "(d′) offline,\ntrained encoder",
+    "full_equal": "(e) full,\nequal compute",
+    "offline": "(d) offline\ntext emb.",
 }
-#: the order arms run in within a seed: (c) needs (b)'s subset size, (d′) needs (a)'s checkpoint
-RUN_ORDER = ("online", "full", "random", "offline", "offline_trained")
+#: the order arms run in within a seed: (c) needs (b)'s subset size, (e) (b)'s pair-passes
+RUN_ORDER = ("online", "full", "online_density", "random", "full_equal", "offline")
+#: two-sided 95 % t quantiles by degrees of freedom (seeds - 1), for paired intervals
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
 @dataclass
 class Settings:
-    train: int = 2000
-    test: int = 1500
+    train: int = 4000
+    test: int = 1000
     size: int = 64
     data_seed: int = 0
     seeds: tuple[int, ...] = (0, 1, 2)
@@ -98,7 +107,8 @@ class Settings:
     max_central: int = 2
     k: int = 6
     warmup_samples: int = 512
-    lr: float = 1e-3
+    lr: float = 2e-3
+    model: str = "minilm-cnn"
     arms: tuple[str, ...] = ARMS
     covid: bool = True
     covid_arms: tuple[str, ...] = ("full", "online", "random")
@@ -108,8 +118,9 @@ class Settings:
     docs: bool = False
     progress: bool = True
 
-    def run_config(self, seed: int, curate: bool) -> dict[str, Any]:
+    def run_config(self, seed: int, curate: bool, central_sampler: str = "fps") -> dict[str, Any]:
         return {
+            "central_sampler": central_sampler,
             "k": self.k,
             "batch_size": self.batch_size,
             "max_central": self.max_central,
@@ -123,15 +134,16 @@ class Settings:
 
 
 QUICK = {
-    "train": 240,
-    "test": 120,
-    "size": 48,
+    "train": 200,
+    "test": 60,
+    "size": 32,
     "seeds": (0,),
     "epochs": 2,
-    "batch_size": 64,
-    "warmup_samples": 64,
-    "covid_train": 96,
-    "covid_test": 48,
+    "batch_size": 50,
+    "warmup_samples": 50,
+    "covid_arms": ("full", "online"),
+    "covid_train": 60,
+    "covid_test": 30,
 }
 
 
@@ -171,6 +183,8 @@ class DataSet:
     long_tailed: bool = True
     #: a second zero-shot evaluation with report-style prompts: (findings, positive template, negative template)
     report_prompts: tuple[list[str], str, str] | None = None
+    #: prompt ensembles in the phrasing of the set's reports (the synthetic set's prompts.json)
+    prompt_sets: dict[str, dict[str, list[str]]] | None = None
 
     @property
     def rare_labels(self) -> set[str]:
@@ -201,7 +215,10 @@ def load_synthetic(out: Path) -> DataSet:
     test_rows, findings = read_labelled_csv(out / "test.csv")
     catalogue = json.loads((out / "findings.json").read_text())["findings"]
     prevalence = {f["label"]: float(f["train_share"]) for f in catalogue}
-    return DataSet("synthetic", out, columns, rows, test_rows, findings, prevalence, long_tailed=True)
+    return DataSet(
+        "synthetic", out, columns, rows, test_rows, findings, prevalence, long_tailed=True,
+        prompt_sets=read_prompt_sets(out / "prompts.json"),
+    )  # fmt: skip
 
 
 def covid(settings: Settings, log: Callable[[str], None]) -> DataSet:
@@ -238,6 +255,16 @@ class Bench:
         self.counter = 0
         #: (data, seed) -> the readable pairs of the online arm's dataset after its run
         self.pools: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        #: every arm's model has the same locked pretrained text tower: its outputs are computed once per report
+        self.text_cache = TextFeatureCache()
+
+    def model(self, seed: int) -> ClipModel:
+        """A fresh model of the preset, initialised as the trainer would (seeded), with the shared text cache."""
+        torch.manual_seed(seed)
+        model = build_model(self.settings.model)
+        if model.text_cache is not None:
+            model.text_cache = self.text_cache
+        return model
 
     def dataset(self, data: DataSet, rows: Sequence[dict[str, str]], tag: str) -> int:
         self.counter += 1
@@ -247,7 +274,10 @@ class Bench:
             raise RuntimeError(f"no row of {tag} was accepted: {upload['rejected'][:3]}")
         return dataset_id
 
-    def train(self, data: DataSet, dataset_id: int, config: dict[str, Any], seed: int, tag: str) -> tuple[int, Summary]:
+    def train(
+        self, data: DataSet, dataset_id: int, config: dict[str, Any], seed: int, tag: str, max_steps: int | None = None
+    ) -> tuple[int, Summary]:
+        """Train a run of the dataset to its end, or (``max_steps``) for that many manifests."""
         run_id = self.api.create_run(dataset_id, config)
         token = self.service.token("trainer", f"bench-{tag}", [run_id])
         out = self.settings.work / "runs" / tag
@@ -258,24 +288,31 @@ class Bench:
                 api=self.service.url,
                 run_id=run_id,
                 token=token,
-                model="tiny",
+                model=self.settings.model,
                 data_root=data.root,
                 out=out,
                 device="cpu",
                 lr=self.settings.lr,
                 seed=seed,
                 workers=2,
+                max_steps=max_steps,
                 progress=self.settings.progress,
                 metrics=out / "metrics.jsonl",
-            )  # fmt: skip
+            ),  # fmt: skip
+            self.model(seed),
         )
-        if not summary.finished:
+        if not summary.finished and (max_steps is None or summary.steps < max_steps):
             raise RuntimeError(f"run {run_id} ({tag}) did not finish: {summary.to_dict()}")
         return run_id, summary
 
     def evaluate(self, data: DataSet, checkpoint: Path) -> dict[str, Any]:
         model, _ = load_checkpoint_model(checkpoint)
-        result = evaluate(model, data.test_rows, data.root, data.findings, device="cpu", workers=2, batch_size=64)
+        if model.text_cache is not None:
+            model.text_cache = self.text_cache
+        result = evaluate(
+            model, data.test_rows, data.root, data.findings, device="cpu", workers=2, batch_size=64,
+            prompt_sets=data.prompt_sets,
+        )  # fmt: skip
         summary = summarise_eval(result, data.train_prevalence if data.long_tailed else None)
         if data.report_prompts is not None:
             findings, positive, negative = data.report_prompts
@@ -302,14 +339,16 @@ class Bench:
             k = sum(label in s["labels"] for s in subset) / max(1, len(subset))
             per_label[label] = {"dataset_share": d, "subset_share": k, "ratio": k / d if d else None}
         out: dict[str, Any] = {"labels": per_label, "samples": len(samples), "subset": len(subset)}
+        rare = [per_label[label]["ratio"] for label in data.rare_labels if per_label[label]["ratio"] is not None]
+        out["rare_enrichment"] = float(np.mean(rare)) if rare else None
         if data.name == "synthetic":
             out |= flagged_shares(samples, kept)
         return out
 
     def run_arm(self, data: DataSet, arm: str, seed: int, done: dict[str, ArmResult]) -> ArmResult:
         """One arm of one seed; ``done`` holds the seed's arms run so far: (c) takes (b)'s subset size and pool,
-        (d′) (a)'s checkpoint."""
-        online, full = done.get("online"), done.get("full")
+        (e) (b)'s pair-passes."""
+        online = done.get("online")
         tag = f"{data.name}-{arm}-s{seed}"
         self.log(f"{tag}: {ARM_LABEL[arm]}")
         started = time.perf_counter()
@@ -318,12 +357,14 @@ class Bench:
         composition: dict[str, Any] = {}
         service_stats: dict[str, Any] = {}
         band_rates: dict[str, dict[str, float]] = {}
-        if arm in ("full", "online"):
+        if arm in ("full", "online", "online_density"):
             dataset_id = self.dataset(data, data.rows, tag)
-            run_id, summary = self.train(data, dataset_id, self.settings.run_config(seed, arm == "online"), seed, tag)
+            curate = arm != "full"
+            config = self.settings.run_config(seed, curate, "density" if arm == "online_density" else "fps")
+            run_id, summary = self.train(data, dataset_id, config, seed, tag)
             # after the run: the pairs the trainer could read (it reports blank and undecodable images)
             samples = self.api.run_pool(dataset_id, run_id)
-            if arm == "online":
+            if curate:
                 stats = self.api.stats(run_id)
                 service_stats = {
                     k: stats[k] for k in ("subset_size", "subset_ratio", "compute_fraction", "band_counts")
@@ -333,6 +374,7 @@ class Bench:
                 composition = self.composition(data, samples, {r["external_id"] for r in kept_rows})
                 band_rates = self.band_rates(data, samples, self.online_bands(run_id))
                 (self.settings.work / "runs" / tag / "stats.png").write_bytes(self.api.stats_png(run_id))
+            if arm == "online":
                 self.pools[(data.name, seed)] = samples
         elif arm == "random":
             if online is None or online.subset_size is None:
@@ -344,18 +386,23 @@ class Bench:
             subset_size = len(rows)
             dataset_id = self.dataset(data, rows, tag)
             run_id, summary = self.train(data, dataset_id, self.settings.run_config(seed, False), seed, tag)
-        else:  # offline: the untrained model of the seed, or (diagnostic) the full-data arm's trained model
+        elif arm == "full_equal":
+            if online is None:
+                raise RuntimeError("the full_equal arm needs the same seed's online arm (its pair-passes)")
+            # every pair, for as many pair-passes as (b) spent: its warm-up rows cost 1 each, the rest 3 per row
+            config = self.settings.run_config(seed, False)
+            pool = len(self.pools[(data.name, seed)])
+            warmup = min(config["warmup_samples"], pool)
+            trained_rows = max(0.0, online.pair_passes - warmup) / 3
+            warmup_manifests = math.ceil(warmup / self.settings.batch_size)
+            config["epochs"] = max(1, math.ceil(trained_rows / max(1, pool)))
+            max_steps = warmup_manifests + max(1, round(trained_rows / self.settings.batch_size))
+            dataset_id = self.dataset(data, data.rows, tag)
+            run_id, summary = self.train(data, dataset_id, config, seed, tag, max_steps=max_steps)
+        else:  # offline: curated once over the pretrained text tower's report embeddings, then trained like (c)
             source = self.dataset(data, data.rows, tag + "-all")
             offline_run = self.api.create_run(source, self.settings.run_config(seed, True))
-            if arm == "offline":
-                torch.manual_seed(seed)  # what the trainer does before it builds its model: the same init
-                encoder = build_model("tiny")
-            else:
-                if full is None or not full.summary.get("checkpoint"):
-                    raise RuntimeError("the offline_trained arm needs the same seed's full arm (its checkpoint)")
-                encoder, _ = load_checkpoint_model(full.summary["checkpoint"])
-                extra_passes += full.pair_passes  # that encoder cost a full-data training
-            encoded = self.encode_and_upload(data, source, offline_run, encoder)
+            encoded = self.encode_reports_and_upload(source, offline_run)
             extra_passes += float(encoded["passes"])
             result = self.api.offline(offline_run)
             service_stats = {k: result[k] for k in ("rows", "subset_size", "subset_ratio", "band_counts")}
@@ -379,32 +426,24 @@ class Bench:
         )  # fmt: skip
 
     @torch.no_grad()
-    def encode_and_upload(self, data: DataSet, dataset_id: int, run_id: int, model: ClipModel) -> dict[str, Any]:
-        """Embed every accepted pair with a fixed encoder (eval mode, as the trainer's warm-up encodes),
-        f = normalize(concat(u, v)), and bulk-upload them. Returns the forward passes spent and the readable
-        samples (an unreadable image gets no embedding, so offline curation never sees it)."""
-        model.eval()
-        transform = ImageTransform(model.config.image_size, model.config.image_mean, model.config.image_std)
+    def encode_reports_and_upload(self, dataset_id: int, run_id: int) -> dict[str, Any]:
+        """Embed every accepted pair's report with the pretrained text tower (its pooled output, L2-normalised;
+        the images are not read) and bulk-upload them. Returns the forward passes spent (one per report) and the
+        samples embedded."""
+        model = self.model(0).eval()
         samples = self.api.samples(dataset_id)
         ids: list[int] = []
         feats: list[np.ndarray] = []
-        passes = 0
         for start in range(0, len(samples), 256):
             chunk = samples[start : start + 256]
-            items = [{"sample_id": s["id"], "image_uri": s["image_uri"], "report": s["report"]} for s in chunk]
-            batch = encode_batch(items, data.root, transform, model.tokenizer, max_tokens=model.config.max_tokens)
-            if not len(batch):
-                continue
-            passes += len(batch)
-            img, txt, _ = model(batch.pixel_values, batch.input_ids, batch.attention_mask)
-            feats.append(F.normalize(torch.cat([img, txt], dim=1), dim=1).numpy())
-            ids += batch.sample_ids
+            input_ids, mask = tokenize(model.tokenizer, [s["report"] or "" for s in chunk], model.config.max_tokens)
+            feats.append(F.normalize(model.text_features(input_ids, mask), dim=1).numpy())
+            ids += [int(s["id"]) for s in chunk]
         embeddings = np.concatenate(feats).astype(np.float16)
         self.api.bulk_embeddings(run_id, np.asarray(ids, dtype=np.int64), embeddings)
-        readable = set(ids)
         return {
-            "passes": passes,
-            "samples": [s for s in samples if s["id"] in readable],
+            "passes": len(ids),
+            "samples": samples,
             "ids": np.asarray(ids, dtype=np.int64),
             "embeddings": embeddings,
         }
@@ -476,8 +515,10 @@ def pair_passes(summary: Summary) -> float:
 
 def summarise_eval(result: dict[str, Any], prevalence: dict[str, float] | None) -> dict[str, Any]:
     """The figures of one evaluation; ``prevalence`` (training shares) ranks the findings for the rare-third AUC,
-    None for a set without a long tail."""
-    auc: dict[str, float] = result["zero_shot"]["auc"]
+    None for a set without a long tail. With prompt ensembles, AUCs are theirs and the generic-prompt macro AUC is
+    kept beside them."""
+    scored = result.get("zero_shot_ensemble") or result["zero_shot"]
+    auc: dict[str, float] = scored["auc"]
     rare: list[str] = []
     if prevalence is not None and auc:
         evaluable = sorted(auc, key=lambda f: (prevalence.get(f, 0.0), f))
@@ -487,7 +528,9 @@ def summarise_eval(result: dict[str, Any], prevalence: dict[str, float] | None) 
     if retrieval:
         r5 = (retrieval["image_to_text"]["R@5"] + retrieval["text_to_image"]["R@5"]) / 2
     return {
-        "macro_auc": result["zero_shot"]["macro_auc"],
+        "macro_auc": scored["macro_auc"],
+        "generic_macro_auc": result["zero_shot"]["macro_auc"],
+        "r5_image_to_text": retrieval["image_to_text"]["R@5"] if retrieval else None,
         "rare_auc": float(np.mean([auc[f] for f in rare])) if rare else None,
         "rare_findings": rare,
         "r5": r5,
@@ -520,7 +563,7 @@ def pm(values: Sequence[float | None], digits: int = 3, scale: float = 1.0, suff
 def table(results: list[ArmResult], data: str) -> str:
     rows = [r for r in results if r.data == data]
     prompts = any("report_prompt_auc" in r.evaluation for r in rows)
-    head = "| arm | pairs kept | macro AUC | rare-third AUC | R@5 |"
+    head = "| arm | pairs kept | macro AUC | rare-third AUC | generic-prompt macro AUC | R@5 |"
     head += " COVID AUC, report prompts |" if prompts else ""
     lines = [head + " compute fraction | wall (s) |", "|---" * (head.count("|") + 1) + "|"]
     for arm in ARMS:
@@ -531,12 +574,99 @@ def table(results: list[ArmResult], data: str) -> str:
             pm([float(r.subset_size or r.pairs) for r in got], 0),
             pm([r.evaluation["macro_auc"] for r in got]),
             pm([r.evaluation["rare_auc"] for r in got]),
+            pm([r.evaluation.get("generic_macro_auc") for r in got]),
             pm([r.evaluation["r5"] for r in got]),
             *([pm([r.evaluation.get("report_prompt_auc") for r in got])] if prompts else []),
             pm([r.compute_fraction for r in got], 1, 100, " %"),
             pm([r.wall_s for r in got], 0),
         ]
         lines.append(f"| {ARM_LABEL[arm]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def paired(
+    results: list[ArmResult], data: str, arm: str, base: str, value: Callable[[ArmResult], Any]
+) -> dict[str, Any]:
+    """``arm`` − ``base`` per seed (seeds both ran), their mean and a two-sided 95 % t interval."""
+    by_seed = {(r.arm, r.seed): r for r in results if r.data == data}
+    diffs = [
+        float(value(by_seed[(arm, seed)])) - float(value(by_seed[(base, seed)]))
+        for seed in sorted({r.seed for r in results if r.data == data})
+        if (arm, seed) in by_seed and (base, seed) in by_seed
+        and value(by_seed[(arm, seed)]) is not None and value(by_seed[(base, seed)]) is not None
+    ]  # fmt: skip
+    if not diffs:
+        return {"n": 0, "mean": None, "low": None, "high": None, "diffs": []}
+    mean = float(np.mean(diffs))
+    half = T975[len(diffs) - 1] * float(np.std(diffs, ddof=1)) / math.sqrt(len(diffs)) if len(diffs) > 1 else math.nan
+    return {"n": len(diffs), "mean": mean, "low": mean - half, "high": mean + half, "diffs": diffs}
+
+
+def interval(d: dict[str, Any], digits: int = 3) -> str:
+    if d["mean"] is None:
+        return "-"
+    if math.isnan(d["low"]):
+        return f"{d['mean']:+.{digits}f} (1 seed)"
+    return f"{d['mean']:+.{digits}f} [{d['low']:+.{digits}f}, {d['high']:+.{digits}f}]"
+
+
+METRICS: dict[str, Callable[[ArmResult], Any]] = {
+    "macro AUC": lambda r: r.evaluation["macro_auc"],
+    "rare-third AUC": lambda r: r.evaluation["rare_auc"],
+    "generic-prompt macro AUC": lambda r: r.evaluation.get("generic_macro_auc"),
+    "R@5": lambda r: r.evaluation["r5"],
+}
+
+
+def paired_table(results: list[ArmResult], data: str, base: str = "full") -> str:
+    """Every arm minus ``base`` in the same seed: mean and 95 % interval per metric."""
+    arms = [a for a in ARMS if a != base and any(r.arm == a and r.data == data for r in results)]
+    metrics = {k: v for k, v in METRICS.items() if any(v(r) is not None for r in results if r.data == data)}
+    lines = [f"| arm − {ARM_LABEL[base]} | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
+    for arm in arms:
+        cells = [interval(paired(results, data, arm, base, value)) for value in metrics.values()]
+        lines.append(f"| {ARM_LABEL[arm]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def targets(results: list[ArmResult], data: str) -> list[dict[str, Any]]:
+    """The issue's targets for the online arm, each with the measured value and met / missed."""
+    out: list[dict[str, Any]] = []
+    got = [r for r in results if r.data == data and r.arm == "online"]
+    if not got:
+        return out
+
+    def add(name: str, value: float | None, met: bool | None, shown: str) -> None:
+        out.append({"target": name, "value": value, "met": met, "shown": shown})
+
+    auc = paired(results, data, "online", "full", METRICS["macro AUC"])
+    compute = mean_sd([r.compute_fraction for r in got])
+    if auc["mean"] is not None and compute is not None:
+        met = auc["mean"] >= -0.01 and compute[0] <= 0.30
+        add("online macro AUC ≥ full − 0.01 at ≤ 30 % of its compute", auc["mean"], met,
+            f"{interval(auc)} at {100 * compute[0]:.1f} % compute")  # fmt: skip
+    for base in ("random", "full_equal"):
+        rare = paired(results, data, "online", base, METRICS["rare-third AUC"])
+        if rare["mean"] is not None:
+            met = rare["mean"] > 0 and (rare["n"] > 1 and rare["low"] > 0)
+            add(f"online − {ARM_LABEL[base]}, rare-third AUC: interval above 0", rare["mean"], met, interval(rare))
+    comp = [r.composition for r in got]
+    for key, name, ok in (
+        ("rare_enrichment", "rare-third enrichment ≥ 1.5×", lambda v: v >= 1.5),
+        ("near_duplicates", "near-duplicate share ≤ 0.7×", lambda v: v <= 0.7),
+        ("noisy_pairs", "noisy-pair share ≤ 0.7×", lambda v: v <= 0.7),
+    ):
+        values = [c.get(key) if key == "rare_enrichment" else (c.get(key) or {}).get("ratio") for c in comp]
+        ms = mean_sd(values)
+        if ms is not None:
+            add(name, ms[0], bool(ok(ms[0])), f"{ms[0]:.2f}× ± {ms[1]:.2f}")
+    return out
+
+
+def targets_table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| target | measured | met? |", "|---|---|---|"]
+    for row in rows:
+        lines.append(f"| {row['target']} | {row['shown']} | {'met' if row['met'] else 'missed'} |")
     return "\n".join(lines)
 
 
@@ -571,6 +701,9 @@ def composition_table(results: list[ArmResult], data: DataSet) -> str:
         cells = [pm([r.composition["labels"][name]["ratio"] for r in results if r.arm == a and r.data == data.name], 2)
                  for a in arms]  # fmt: skip
         lines.append(f"| {name} | {data.train_prevalence.get(name, 0):.4f} | " + " | ".join(cells) + " |")
+    rare_cells = [pm([r.composition.get("rare_enrichment") for r in results if r.arm == a and r.data == data.name], 2)
+                  for a in arms]  # fmt: skip
+    lines.append("| _rarest third of the findings (mean ratio)_ | | " + " | ".join(rare_cells) + " |")
     if data.name == "synthetic":
         for flag in ("near_duplicates", "noisy_pairs"):
             got = [r for r in results if r.data == data.name and r.arm in arms]
@@ -587,32 +720,25 @@ def plots(results: list[ArmResult], datasets: list[DataSet], out: Path) -> list[
     import matplotlib.pyplot as plt
 
     written: list[Path] = []
-    metrics = (
-        ("macro_auc", "macro AUC"),
-        ("rare_auc", "rare-third AUC"),
-        ("report_prompt_auc", "COVID AUC, report prompts"),
-        ("r5", "R@5"),
-    )
-    fig, axes = plt.subplots(1, len(datasets), figsize=(6.5 * len(datasets), 4.2), squeeze=False)
-    for ax, data in zip(axes[0], datasets, strict=True):
-        arms = [a for a in ARMS if any(r.arm == a and r.data == data.name for r in results)]
-        bars: list[tuple[str, list[float], list[float]]] = []
-        for key, label in metrics:
-            stats = [
-                mean_sd([r.evaluation.get(key) for r in results if r.arm == arm and r.data == data.name])
-                for arm in arms
-            ]
-            if any(stats):
-                bars.append((label, [m[0] if m else 0.0 for m in stats], [m[1] if m else 0.0 for m in stats]))
-        width = 0.8 / max(1, len(bars))
-        for i, (label, means, sds) in enumerate(bars):
-            offset = (i - (len(bars) - 1) / 2) * width
-            ax.bar(np.arange(len(arms)) + offset, means, width, yerr=sds, capsize=3, label=label)
+    shown = (("macro_auc", "macro AUC"), ("rare_auc", "rare-third AUC"))
+    panels = [(d, key, label) for d in datasets for key, label in shown
+              if any(r.evaluation.get(key) is not None for r in results if r.data == d.name)]  # fmt: skip
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2), squeeze=False)
+    markers = dict(zip(ARMS, "osD^vP", strict=True))
+    for ax, (data, key, label) in zip(axes[0], panels, strict=True):
+        for arm in ARMS:
+            got = [r for r in results if r.arm == arm and r.data == data.name and r.evaluation.get(key) is not None]
+            if not got:
+                continue
+            x = mean_sd([100 * (r.compute_fraction or 0.0) for r in got])
+            y = mean_sd([r.evaluation[key] for r in got])
+            assert x is not None and y is not None
+            ax.errorbar(x[0], y[0], xerr=x[1], yerr=y[1], fmt=markers[arm], capsize=3, label=ARM_LABEL[arm])
         ax.axhline(0.5, color="grey", lw=0.8, ls="--")
-        ax.set_xticks(np.arange(len(arms)), [SHORT_LABEL[a] for a in arms], fontsize=8)
-        ax.set_ylim(0, 1)
-        ax.set_title(f"{data.name}: test metrics (mean ± sd over seeds)")
-        ax.legend(fontsize=8)
+        ax.set_xlabel("compute, % of the full-data arm's pair-passes")
+        ax.set_ylabel(f"{label} (test split)")
+        ax.set_title(f"{data.name}: {label} vs compute (mean ± sd)", fontsize=9)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     path = out / "curation_value_auc.png"
     fig.savefig(path, dpi=110)
@@ -636,7 +762,8 @@ def plots(results: list[ArmResult], datasets: list[DataSet], out: Path) -> list[
             ax.bar(np.arange(len(rows)) + (i - (len(arms) - 1) / 2) * width, means, width, yerr=sds, capsize=2,
                    label=ARM_LABEL[arm])  # fmt: skip
         ax.axhline(1.0, color="grey", lw=0.8, ls="--")
-        ax.axhline(2.0, color="tab:red", lw=0.8, ls=":", label="2× target (rare findings)")
+        ax.axhline(1.5, color="tab:red", lw=0.8, ls=":", label="1.5× target (rare third)")
+        ax.axhline(0.7, color="tab:purple", lw=0.8, ls=":", label="0.7× target (near-duplicates, noisy)")
         ax.set_xticks(np.arange(len(rows)), [n.replace("_", " ") for n in rows], rotation=45, ha="right", fontsize=8)
         ax.set_ylabel("subset share ÷ dataset share")
         ax.set_ylim(bottom=0)
@@ -723,6 +850,8 @@ def render(
         "tables": {d.name: table(results, d.name) for d in datasets},
         "composition": {d.name: composition_table(results, d) for d in datasets},
         "bands": {d.name: band_table(results, d.name) for d in datasets},
+        "paired": {d.name: paired_table(results, d.name) for d in datasets},
+        "targets": {d.name: targets(results, d.name) for d in datasets},
         "plots": [str(p) for p in pictures],
     }
     (settings.work / "results.json").write_text(json.dumps(report, indent=1, default=str))
@@ -751,7 +880,8 @@ def parse(argv: Sequence[str] | None = None) -> Settings:
     parser.add_argument("--max-central", type=int)
     parser.add_argument("--warmup-samples", type=int)
     parser.add_argument("--lr", type=float)
-    parser.add_argument("--arms", type=lambda s: tuple(s.split(",")), help="subset of full,online,random,offline")
+    parser.add_argument("--arms", type=lambda s: tuple(s.split(",")), help="subset of " + ",".join(ARMS))
+    parser.add_argument("--model", help="trainer model preset (default minilm-cnn)")
     parser.add_argument("--no-covid", dest="covid", action="store_false", default=None)
     parser.add_argument("--covid-arms", type=lambda s: tuple(s.split(",")))
     parser.add_argument("--work", type=Path, help="where data, runs, results.json and plots go")
@@ -772,8 +902,10 @@ def parse(argv: Sequence[str] | None = None) -> Settings:
     for arms in (settings.arms, settings.covid_arms):
         if "random" in arms and "online" not in arms:
             parser.error("the random arm needs the online arm (its subset size)")
-        if "offline_trained" in arms and "full" not in arms:
-            parser.error("the offline_trained arm needs the full arm (its trained encoder)")
+        if "full_equal" in arms and "online" not in arms:
+            parser.error("the full_equal arm needs the online arm (its pair-passes)")
+        if "online_density" in arms and "random" in arms and "online" not in arms:
+            parser.error("the random arm needs the online arm (its subset size)")
     return settings
 
 
@@ -781,7 +913,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     settings = parse(argv)
     report = replot(settings) if "--replot" in (sys.argv[1:] if argv is None else argv) else run(settings)
     for name, text in report["tables"].items():
-        print(f"\n### {name}\n\n{text}\n\n{report['composition'][name]}\n\n{report['bands'][name]}")
+        print(f"\n### {name}\n\n{text}\n\n{report['paired'][name]}\n\n{targets_table(report['targets'][name])}")
+        print(f"\n{report['composition'][name]}\n\n{report['bands'][name]}")
     print(f"\nwall {report['wall_s']:.0f} s; results in {settings.work / 'results.json'}")
     print(json.dumps({"wall_s": round(report["wall_s"], 1), "results": str(settings.work / "results.json")}))
 
