@@ -141,7 +141,7 @@ QUICK = {
     "epochs": 2,
     "batch_size": 50,
     "warmup_samples": 50,
-    "covid_arms": ("full", "online"),
+    "covid_arms": ("online",),
     "covid_train": 60,
     "covid_test": 30,
 }
@@ -690,7 +690,7 @@ def band_table(results: list[ArmResult], data: str) -> str:
 
 
 def composition_table(results: list[ArmResult], data: DataSet) -> str:
-    arms = [a for a in ARMS[1:] if any(r.arm == a and r.data == data.name for r in results)]
+    arms = [a for a in ARMS if any(r.arm == a and r.data == data.name and r.composition for r in results)]
     lines = [
         "| finding / flag | train prevalence | "
         + " | ".join(f"{ARM_LABEL[a]} subset ÷ dataset share" for a in arms)
@@ -747,7 +747,7 @@ def plots(results: list[ArmResult], datasets: list[DataSet], out: Path) -> list[
 
     synth = next((d for d in datasets if d.name == "synthetic"), None)
     if synth is not None:
-        arms = [a for a in ARMS[1:] if any(r.arm == a and r.data == synth.name for r in results)]
+        arms = [a for a in ARMS if any(r.arm == a and r.data == synth.name and r.composition for r in results)]
         rows = [*synth.labels, "near_duplicates", "noisy_pairs"]
         fig, ax = plt.subplots(figsize=(11, 4.6))
         width = 0.8 / max(1, len(arms))

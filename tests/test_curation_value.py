@@ -44,7 +44,7 @@ def test_quick_bench_runs_every_arm_and_writes_the_report(tmp_path: Path, capsys
     assert {"near_duplicates", "noisy_pairs", "labels", "rare_enrichment"} <= set(online["composition"])
     assert abs(online["band_rates"]["all"]["kept"] - online["subset_size"] / online["pairs"]) < 1e-9
     if covid:
-        assert {("covid19_radiography", arm) for arm in ("full", "online")} <= set(results)
+        assert ("covid19_radiography", "online") in set(results)
         assert results[("covid19_radiography", "online")]["evaluation"]["report_prompt_auc"] is not None
     for table in report["tables"].values():
         assert table.startswith("| arm |")

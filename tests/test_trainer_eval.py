@@ -181,3 +181,32 @@ def test_eval_cli_rejects_bad_input(tmp_path: Path) -> None:
     assert bad_preset.exit_code != 0 and "unknown model preset" in bad_preset.output
     no_labels = write_csv(tmp_path / "nl.csv", [{"path": "a.png", "note": "hello"}])
     assert runner.invoke(app, ["eval", "--csv", str(no_labels), "--model", "tiny"]).exit_code != 0
+
+
+def test_prompt_ensembles_score_beside_the_generic_prompts(tmp_path: Path) -> None:
+    """--prompts: each side is the normalised mean of its prompts' embeddings; a one-prompt ensemble of the generic
+    pair reproduces the generic AUC; a malformed file is refused before anything runs."""
+    torch.manual_seed(2)
+    model = build_model("tiny")
+    rows, findings = read_labelled_csv(write_csv(tmp_path / "eval.csv", covid_rows(8)))
+    same = {f: {"positive": [f"Findings consistent with {f}."], "negative": [f"No {f}."]} for f in findings}
+    result = evaluate(model, rows, COVID, findings, batch_size=8, prompt_sets=same)
+    assert result["zero_shot_ensemble"]["auc"] == pytest.approx(result["zero_shot"]["auc"], abs=1e-6)
+    sets = {"COVID": {"positive": ["Bilateral ground-glass opacities.", "Peripheral opacities."],
+                      "negative": ["No acute cardiopulmonary process.", "Clear lungs."]}}  # fmt: skip
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text(json.dumps(sets))
+    out = CliRunner().invoke(
+        app, ["eval", "--csv", str(tmp_path / "eval.csv"), "--image-root", str(COVID), "--model", "tiny",
+              "--prompts", str(prompts), "--json-out", "-"],
+    )  # fmt: skip
+    assert out.exit_code == 0, out.output
+    data = json.loads(out.output)
+    assert set(data["zero_shot_ensemble"]["auc"]) == {"COVID"}  # only findings with a set are scored
+    assert data["zero_shot_ensemble"]["prompts"] == sets and data["zero_shot"]["macro_auc"] is not None
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"COVID": {"positive": []}}))
+    refused = CliRunner().invoke(
+        app, ["eval", "--csv", str(tmp_path / "eval.csv"), "--model", "tiny", "--prompts", str(bad)]
+    )
+    assert refused.exit_code != 0 and "non-empty 'positive' and 'negative'" in refused.output
