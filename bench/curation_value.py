@@ -777,10 +777,12 @@ def plots(results: list[ArmResult], datasets: list[DataSet], out: Path) -> list[
     return written
 
 
-def _run_arms(settings: Settings, datasets: list[DataSet], bench: Bench, results: list[ArmResult]) -> None:
-    for data in datasets:
-        arms = settings.arms if data.name == "synthetic" else settings.covid_arms
-        for seed in settings.seeds:
+def _run_arms(
+    settings: Settings, datasets: list[DataSet], bench: Bench, results: list[ArmResult], saved: Callable[[], None]
+) -> None:
+    for seed in settings.seeds:  # seed by seed, so that a run cut short leaves whole seeds of every data set
+        for data in datasets:
+            arms = settings.arms if data.name == "synthetic" else settings.covid_arms
             by_arm: dict[str, ArmResult] = {}
             for arm in sorted(arms, key=RUN_ORDER.index):
                 result = bench.run_arm(data, arm, seed, by_arm)
@@ -793,6 +795,7 @@ def _run_arms(settings: Settings, datasets: list[DataSet], bench: Bench, results
             reference = full.pair_passes if full else 3.0 * settings.epochs * pool
             for result in by_arm.values():
                 result.compute_fraction = result.pair_passes / reference
+            saved()
 
 
 # -- main ---------------------------------------------------------------------------------------------------------
@@ -816,14 +819,29 @@ def run(settings: Settings) -> dict[str, Any]:
     with EmbeddedService(settings.work / "service") as service, service.admin() as api:
         log(f"service at {service.url} (SQLite, tasks in-process)")
         bench = Bench(settings, service, api, log)
+
+        def checkpoint() -> None:
+            text = json.dumps(raw_report(settings, results, started, load_before), default=str)
+            (settings.work / PARTIAL).write_text(text)
+
         try:
-            _run_arms(settings, datasets, bench, results)
+            _run_arms(settings, datasets, bench, results, checkpoint)
         except BaseException:
             if service.child is not None:
                 console.print(f"[red]service output (tail):[/]\n{service.child.tail(120)}", highlight=False)
             raise
-    wall = time.perf_counter() - started
-    report = {
+    report = raw_report(settings, results, started, load_before)
+    (settings.work / PARTIAL).unlink(missing_ok=True)
+    return render(report, results, datasets, settings)
+
+
+#: what a run has measured so far, rewritten after every arm: ``--replot`` renders it when a run was cut short
+PARTIAL = "partial.json"
+
+
+def raw_report(settings: Settings, results: list[ArmResult], started: float, load_before: Any) -> dict[str, Any]:
+    """The run's facts and every arm's result, without tables or plots."""
+    return {
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(settings).items()},
         "machine": machine(),
         "torch": torch.__version__,
@@ -831,11 +849,10 @@ def run(settings: Settings) -> dict[str, Any]:
         "load_average_before": load_before,
         "load_average_after": os.getloadavg(),
         "measured_at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "wall_s": wall,
+        "wall_s": time.perf_counter() - started,
         "command": " ".join(["python -m bench.curation_value", *sys.argv[1:]]),
         "results": [asdict(r) for r in results],
     }
-    return render(report, results, datasets, settings)
 
 
 def render(
@@ -859,8 +876,12 @@ def render(
 
 
 def replot(settings: Settings) -> dict[str, Any]:
-    """Tables and plots again from an earlier run's results.json and data (no training)."""
-    report = json.loads((settings.work / "results.json").read_text())
+    """Tables and plots again from an earlier run's results.json (or, of a run cut short, its partial.json: the
+    seeds it finished) and data (no training)."""
+    source = settings.work / "results.json"
+    if not source.exists():
+        source = settings.work / PARTIAL
+    report = json.loads(source.read_text())
     results = [ArmResult(**r) for r in report["results"]]
     datasets = [load_synthetic(settings.work / "synth")]
     if any(r.data == "covid19_radiography" for r in results):

@@ -158,9 +158,9 @@ def draw_finding_params(key: str, rng: np.random.Generator) -> FindingParams:
     if key == "granuloma":
         return {"side": _side(rng), "du": u(-0.5, 0.5), "v": u(0.25, 0.75)}
     if key == "fracture":
-        return {"side": _side(rng), "rib": float(rng.integers(3, 7)), "at": u(0.5, 0.8), "step": u(0.025, 0.04)}
+        return {"side": _side(rng), "rib": float(rng.integers(3, 7)), "at": u(0.5, 0.8), "step": u(0.06, 0.09)}
     if key == "scoliosis":
-        return {"amp": _side(rng) * u(0.1, 0.18)}
+        return {"amp": _side(rng) * u(0.22, 0.33)}
     if key == "pneumoperitoneum":
         return {"size": u(0.8, 1.0)}
     raise KeyError(f"unknown finding {key!r}")
@@ -347,8 +347,8 @@ def _ribs(anat: Anatomy, fracture: FindingParams | None, c: _Canvas) -> F32:
     broken = np.exp(-(((v - centre) / width) ** 2))
     broken *= 1 - 0.95 * np.exp(-(((side * u - at) / 0.03) ** 2)) * (side * u > 0)  # the gap
     rib_v = anat.rib_v0 + anat.rib_step * rib + anat.rib_curve * at * at
-    callus = _blob(u - side * (at + 0.05), (v - rib_v) * c.aspect, 0.04)
-    return bands + broken + 0.6 * callus
+    callus = _blob(u - side * (at + 0.05), (v - rib_v) * c.aspect, 0.06)
+    return bands + broken + 1.5 * callus
 
 
 def _add_lung_findings(
@@ -400,8 +400,8 @@ def _add_lung_findings(
         line = p["depth"] * (0.55 + 0.45 * lateral)
         zone = c.lungs[side] * _sig(line - v, 0.008)
         marking_gain *= 1 - zone  # no lung markings beyond the line
-        opacity -= 0.12 * zone  # and a little more lucent
-        opacity += 0.4 * c.lungs[side] * np.exp(-((((v - line) * k) / 0.018) ** 2))
+        opacity -= 0.45 * zone  # and more lucent
+        opacity += 0.8 * c.lungs[side] * np.exp(-((((v - line) * k) / 0.03) ** 2))
 
 
 def _add_overlays(findings: Mapping[str, FindingParams], c: _Canvas, image: F32) -> None:
@@ -426,7 +426,7 @@ def _add_overlays(findings: Mapping[str, FindingParams], c: _Canvas, image: F32)
     if p := findings.get("granuloma"):
         side = p["side"]
         centre_u = side * (0.14 + 0.41 * (1 + p["du"]))
-        image += 0.55 * _blob(u - centre_u, (v - p["v"]) * k, 0.03)
+        image += 0.8 * _blob(u - centre_u, (v - p["v"]) * k, 0.045)
     if p := findings.get("pneumoperitoneum"):
         # A lucent crescent of free air just under the right hemidiaphragm.
         below = (v - c.dome[-1] - 0.035) * k
