@@ -905,6 +905,8 @@ def parse(argv: Sequence[str] | None = None) -> Settings:
     parser.add_argument("--model", help="trainer model preset (default minilm-cnn)")
     parser.add_argument("--no-covid", dest="covid", action="store_false", default=None)
     parser.add_argument("--covid-arms", type=lambda s: tuple(s.split(",")))
+    parser.add_argument("--covid-train", type=int, help="COVID set: training images (half each class)")
+    parser.add_argument("--covid-test", type=int, help="COVID set: held-out images (half each class)")
     parser.add_argument("--work", type=Path, help="where data, runs, results.json and plots go")
     parser.add_argument("--docs", action="store_true", help="copy the plots into docs/")
     parser.add_argument("--replot", action="store_true", help="only redo tables and plots from --work/results.json")
