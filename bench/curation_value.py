@@ -117,6 +117,8 @@ class Settings:
     work: Path = Path(".bench/curation_value")
     docs: bool = False
     progress: bool = True
+    #: with ``--replot``: work folders of runs of other seeds (same data and settings) to report together
+    merge: tuple[Path, ...] = ()
 
     def run_config(self, seed: int, curate: bool, central_sampler: str = "fps") -> dict[str, Any]:
         return {
@@ -339,7 +341,7 @@ class Bench:
             k = sum(label in s["labels"] for s in subset) / max(1, len(subset))
             per_label[label] = {"dataset_share": d, "subset_share": k, "ratio": k / d if d else None}
         out: dict[str, Any] = {"labels": per_label, "samples": len(samples), "subset": len(subset)}
-        rare = [per_label[label]["ratio"] for label in data.rare_labels if per_label[label]["ratio"] is not None]
+        rare = [r for label in data.rare_labels if (r := per_label[label]["ratio"]) is not None]
         out["rare_enrichment"] = float(np.mean(rare)) if rare else None
         if data.name == "synthetic":
             out |= flagged_shares(samples, kept)
@@ -391,11 +393,11 @@ class Bench:
                 raise RuntimeError("the full_equal arm needs the same seed's online arm (its pair-passes)")
             # every pair, for as many pair-passes as (b) spent: its warm-up rows cost 1 each, the rest 3 per row
             config = self.settings.run_config(seed, False)
-            pool = len(self.pools[(data.name, seed)])
-            warmup = min(config["warmup_samples"], pool)
+            pool_size = len(self.pools[(data.name, seed)])
+            warmup = min(config["warmup_samples"], pool_size)
             trained_rows = max(0.0, online.pair_passes - warmup) / 3
             warmup_manifests = math.ceil(warmup / self.settings.batch_size)
-            config["epochs"] = max(1, math.ceil(trained_rows / max(1, pool)))
+            config["epochs"] = max(1, math.ceil(trained_rows / max(1, pool_size)))
             max_steps = warmup_manifests + max(1, round(trained_rows / self.settings.batch_size))
             dataset_id = self.dataset(data, data.rows, tag)
             run_id, summary = self.train(data, dataset_id, config, seed, tag, max_steps=max_steps)
@@ -878,11 +880,21 @@ def render(
 def replot(settings: Settings) -> dict[str, Any]:
     """Tables and plots again from an earlier run's results.json (or, of a run cut short, its partial.json: the
     seeds it finished) and data (no training)."""
-    source = settings.work / "results.json"
-    if not source.exists():
-        source = settings.work / PARTIAL
-    report = json.loads(source.read_text())
-    results = [ArmResult(**r) for r in report["results"]]
+    report: dict[str, Any] = {}
+    results: list[ArmResult] = []
+    for work in (settings.work, *settings.merge):
+        source = work / "results.json"
+        if not source.exists():
+            source = work / PARTIAL
+        part = json.loads(source.read_text())
+        results += [ArmResult(**r) for r in part["results"]]
+        if not report:
+            report = part
+        else:  # runs of other seeds in parallel: their wall time and load are reported beside the first
+            report.setdefault("merged", []).append(
+                {k: part[k] for k in ("command", "wall_s", "measured_at", "load_average_before", "load_average_after")}
+            )
+    report["results"] = [asdict(r) for r in results]
     datasets = [load_synthetic(settings.work / "synth")]
     if any(r.data == "covid19_radiography" for r in results):
         datasets.append(covid(settings, lambda _: None))
@@ -910,6 +922,10 @@ def parse(argv: Sequence[str] | None = None) -> Settings:
     parser.add_argument("--work", type=Path, help="where data, runs, results.json and plots go")
     parser.add_argument("--docs", action="store_true", help="copy the plots into docs/")
     parser.add_argument("--replot", action="store_true", help="only redo tables and plots from --work/results.json")
+    parser.add_argument(
+        "--merge", type=lambda s: tuple(Path(p) for p in s.split(",")),
+        help="with --replot: also the results of these work folders (other seeds, same settings)",
+    )  # fmt: skip
     parser.add_argument("--no-progress", dest="progress", action="store_false", default=None)
     args = parser.parse_args(argv)
     values: dict[str, Any] = dict(QUICK) if args.quick else {}
