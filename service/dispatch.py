@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from .config import Settings
 from .errors import ApiError, ServiceUnavailable, from_envelope, is_envelope
+from .explorer.embedding_map import cached_map, make_map, map_path
 from .handover import hand_over
 from .ingest import run_dicom_scan
 from .ingest.importer import run_import
@@ -46,7 +47,15 @@ TASK_DICOM_SCAN = "chexcurate.dicom_scan"
 TASK_OFFLINE = "chexcurate.offline_curation"
 TASK_NEIGHBOUR_INDEX = "chexcurate.neighbour_index"
 TASK_IMPORT = "chexcurate.dataset_import"
-REFRESH_TASKS = (TASK_INIT_PROTOTYPES, TASK_DICOM_SCAN, TASK_OFFLINE, TASK_NEIGHBOUR_INDEX, TASK_IMPORT)
+TASK_EMBEDDING_MAP = "chexcurate.embedding_map"
+REFRESH_TASKS = (
+    TASK_INIT_PROTOTYPES,
+    TASK_DICOM_SCAN,
+    TASK_OFFLINE,
+    TASK_NEIGHBOUR_INDEX,
+    TASK_IMPORT,
+    TASK_EMBEDDING_MAP,
+)
 
 
 def make_celery(settings: Settings, include: tuple[str, ...] = ()) -> Celery:
@@ -140,6 +149,10 @@ class Dispatcher:
         """The run's current neighbour index, built here if it is not yet."""
         return self.neighbour_indexes.get(self.sessions, run_id)
 
+    def embedding_map(self, run_id: int) -> dict[str, Any] | TaskAccepted:
+        """The run's embedding map (explorer), made here if it is not cached yet."""
+        return make_map(self.sessions, run_id, self.settings.explorer_cache_dir)
+
     def task_status(self, task_id: str) -> TaskStatus:
         raise ApiError(404, "no_workers", "this deployment runs tasks in-process: there are no background tasks")
 
@@ -224,6 +237,25 @@ class Queued(Dispatcher):
                 409,
                 "index_failed",
                 f"building run {run_id}'s neighbour index failed: {error.get('error')}: {error.get('detail')}",
+                reason=error,
+            )
+        return accepted
+
+    def embedding_map(self, run_id: int) -> dict[str, Any] | TaskAccepted:
+        """The cached map of the run's current rows, or the (shared) worker task making it."""
+        found = cached_map(self.sessions, run_id, self.settings.explorer_cache_dir)
+        if found is not None:
+            return found
+        task_key = f"chex:embedding-map:{map_path(self.sessions, run_id, self.settings.explorer_cache_dir).name}"
+        accepted = self._submit_once(TASK_EMBEDDING_MAP, [run_id], task_key)
+        done = self.task_status(accepted.task_id)
+        if done.state == "FAILURE":
+            self._forget(task_key)  # the next ask tries again; this one says why
+            error = done.error or {}
+            raise ApiError(
+                409,
+                "map_failed",
+                f"making run {run_id}'s embedding map failed: {error.get('error')}: {error.get('detail')}",
                 reason=error,
             )
         return accepted

@@ -6,12 +6,12 @@ from typing import Any
 
 from fastapi import APIRouter, Response, status
 from fastapi.concurrency import run_in_threadpool
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ..errors import ApiError
-from ..models import EpochItem, Run, RunExclusion
-from ..runs.access import load_run, lock_run
+from ..models import Run, RunExclusion
+from ..runs.access import epoch_progress, load_run, lock_run
 from ..runs.create import new_run
 from ..runs.exclusions import check_in_dataset, exclude_from_run
 from ..runs.failures import clear_failure
@@ -38,11 +38,7 @@ def list_runs(session: SessionDep, _: AdminDep) -> list[Run]:
 
 
 def _run_out(session: Session, run: Run) -> RunOut:
-    size, done = session.execute(
-        select(func.count(), func.count().filter(EpochItem.state == "done")).where(
-            EpochItem.run_id == run.id, EpochItem.epoch == run.epoch
-        )
-    ).one()
+    size, done = epoch_progress(session, run)
     return RunOut.model_validate(run).model_copy(update={"epoch_size": size, "epoch_done": done})
 
 
