@@ -8,10 +8,12 @@ until the page is full.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, exists, func, literal_column, select, tuple_
+from sqlalchemy import ColumnElement, cast, exists, func, literal, literal_column, select, tuple_
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
 from ..curation import BAND_LABELS
@@ -72,7 +74,7 @@ def decided_epochs(session: Session, run: Run) -> list[int]:
 def has_label(session: Session, label: str) -> ColumnElement[bool]:
     """Whether a sample's JSON list of labels holds ``label`` (jsonb containment on Postgres)."""
     if is_postgres(session):
-        return Sample.labels.contains([label])  # type: ignore[no-any-return]
+        return Sample.labels.op("@>")(cast(literal(json.dumps([label])), JSONB))
     element = func.json_each(Sample.labels).table_valued("value")
     return exists(select(literal_column("1")).select_from(element).where(element.c.value == label))
 

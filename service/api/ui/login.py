@@ -73,7 +73,7 @@ def login(
         return _login_form(request, _safe_next(next), exc.detail, exc.status)
     response = secured(RedirectResponse(_safe_next(next), status_code=303))
     _cookie(response, request, COOKIE, secret, SESSION_HOURS * 3600)
-    response.delete_cookie(LOGIN_COOKIE, path="/ui")
+    response.delete_cookie(LOGIN_COOKIE, path="/ui", httponly=True, samesite="strict")
     return response
 
 
@@ -81,5 +81,5 @@ def login(
 def logout(request: Request, session: SessionDep, _: CheckedForm) -> Response:
     close_session(session, request.cookies.get(COOKIE, ""))
     response = secured(RedirectResponse("/ui/login", status_code=303))
-    response.delete_cookie(COOKIE, path="/ui")
+    response.delete_cookie(COOKIE, path="/ui", httponly=True, samesite="strict")
     return response

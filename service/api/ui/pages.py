@@ -9,6 +9,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import RedirectResponse, Response
 
 from ...curation import BAND_LABELS
+from ...errors import ApiError
 from ...explorer.gallery import PAGE_MAX, Cursor, GalleryQuery, band_code, decided_epochs, gallery_page
 from ...explorer.overview import live_figures, runs_list
 from ...explorer.sample import has_embedding, neighbour_rows, run_sample, sample_decisions
@@ -18,6 +19,16 @@ from ..deps import DispatcherDep, RunId, SampleId, SessionDep
 from .session import CheckedForm, PageSession, page, secured
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
+
+
+def _choice(text: str | None, name: str, top: int) -> int | None:
+    """A whole number 0..top from a form's select; an unset choice ("all") comes as an empty field."""
+    if text is None or text == "":
+        return None
+    if not text.isdigit() or int(text) > top:
+        raise ApiError(422, "invalid_request", f"{name} must be a whole number 0..{top}, got {text[:40]!r}")
+    return int(text)
+
 
 #: neighbours shown on a sample page
 NEIGHBOURS = 12
@@ -40,9 +51,9 @@ def gallery(
     run_id: RunId,
     session: SessionDep,
     ui: PageSession,
-    epoch: Annotated[int | None, Query(ge=0, le=100_000)] = None,
+    epoch: Annotated[str | None, Query(max_length=12)] = None,
     band: Annotated[str | None, Query(max_length=32)] = None,
-    prototype: Annotated[int | None, Query(ge=0, le=32_767)] = None,
+    prototype: Annotated[str | None, Query(max_length=12)] = None,
     label: Annotated[str | None, Query(max_length=200)] = None,
     after: Annotated[str | None, Query(max_length=80)] = None,
     limit: Annotated[int, Query(ge=1, le=PAGE_MAX)] = 48,
@@ -50,11 +61,12 @@ def gallery(
     """Thumbnails with their reports, one band / prototype / label at a time; ``after`` is the next-page cursor."""
     run = load_run(session, run_id)
     epochs = decided_epochs(session, run)
-    chosen = epoch if epoch is not None else (epochs[-1] if epochs else 0)
+    asked = _choice(epoch, "epoch", 100_000)
+    chosen = asked if asked is not None else (epochs[-1] if epochs else 0)
     query = GalleryQuery(
         epoch=chosen,
         band=band_code(band),
-        prototype=prototype,
+        prototype=_choice(prototype, "prototype", 32_767),
         label=label or None,
         after=Cursor.parse(after) if after else None,
         limit=limit,
@@ -70,7 +82,7 @@ def gallery(
         epochs=epochs,
         epoch=chosen,
         band=band or "",
-        prototype=prototype,
+        prototype=query.prototype,
         prototypes=list(range(k)),
         label=label or "",
         limit=limit,
