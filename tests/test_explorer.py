@@ -304,17 +304,20 @@ def test_embedding_map_is_cached_and_sampled_when_large(app, curated, monkeypatc
 def test_embedding_map_is_made_by_a_worker(stack_env, admin, curated, tmp_path) -> None:
     run_id, _ = curated
     env = {**stack_env, "CHEX_EXPLORER_CACHE_DIR": str(tmp_path)}
-    with uvicorn_server(env) as url, celery_worker(env, queues="refresh"):
-        with httpx.Client(base_url=url, timeout=60) as browser:
-            form = browser.get("/ui/login")
-            login = re.search(r'name="csrf" value="([^"]+)"', form.text).group(1)
-            browser.post("/ui/login", data={"token": bearer(admin), "csrf": login})
-            csrf = re.search(r'name="csrf" value="([^"]+)"', browser.get("/ui/runs").text).group(1)
-            assert browser.get(f"/ui/runs/{run_id}/map.json").status_code == 202
-            queued = browser.post(f"/ui/runs/{run_id}/map", data={"csrf": csrf})
-            assert queued.status_code == 303 and queued.headers["location"] == f"/ui/runs/{run_id}/map"
-            deadline = time.monotonic() + 60
-            while (answer := browser.get(f"/ui/runs/{run_id}/map.json")).status_code == 202:
-                assert time.monotonic() < deadline, "the worker did not make the map"
-                time.sleep(0.5)
-            assert answer.status_code == 200 and answer.json()["rows"] == ROWS
+    with (
+        uvicorn_server(env) as url,
+        celery_worker(env, queues="refresh"),
+        httpx.Client(base_url=url, timeout=60) as browser,
+    ):
+        form = browser.get("/ui/login")
+        login = re.search(r'name="csrf" value="([^"]+)"', form.text).group(1)
+        browser.post("/ui/login", data={"token": bearer(admin), "csrf": login})
+        csrf = re.search(r'name="csrf" value="([^"]+)"', browser.get("/ui/runs").text).group(1)
+        assert browser.get(f"/ui/runs/{run_id}/map.json").status_code == 202
+        queued = browser.post(f"/ui/runs/{run_id}/map", data={"csrf": csrf})
+        assert queued.status_code == 303 and queued.headers["location"] == f"/ui/runs/{run_id}/map"
+        deadline = time.monotonic() + 60
+        while (answer := browser.get(f"/ui/runs/{run_id}/map.json")).status_code == 202:
+            assert time.monotonic() < deadline, "the worker did not make the map"
+            time.sleep(0.5)
+        assert answer.status_code == 200 and answer.json()["rows"] == ROWS
