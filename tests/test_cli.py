@@ -122,6 +122,8 @@ def test_demo_runs_service_trainer_and_eval_end_to_end(tmp_path: Path) -> None:
     for share in (summary["near_duplicates"], summary["noisy_pairs"]):
         assert 0 <= share["subset_share"] <= 1 and 0 <= share["dataset_share"] < 1
     assert "what the subset keeps" in result.stdout
+    assert "chexcurate demo --serve" in result.output  # the explorer's hint
+    assert summary["files"]["database"].startswith("sqlite:///")
     assert (tmp_path / "stats.png").read_bytes()[:4] == b"\x89PNG"
     lines = (tmp_path / "subset.jsonl").read_text().splitlines()
     assert "provenance" in json.loads(lines[0]) and len(lines) == summary["subset_size"] + 1
