@@ -157,10 +157,10 @@ def main() -> None:
 
 Target: the gallery and the sample page answer in under {TARGET_MS:.0f} ms on a run of 100,000 samples. Measured
 over HTTP against a real `chexcurate serve` (uvicorn, one worker) on the local Postgres, as a signed-in browser
-(session cookie), {args.repeats} requests per row after one untimed warm-up request, HTML only (thumbnails are separate requests, cached on disk and
-in the browser). The run: {args.rows:,} samples with a finding label, a report and flags, D={DIM} embeddings,
-curated offline (one decision per sample). The box is shared with other helpers' builds and tests, so these are
-figures under load.
+(session cookie), {args.repeats} requests per row after one untimed warm-up request, HTML only (thumbnails are
+separate requests, cached on disk and in the browser). The run: {args.rows:,} samples with a finding label, a
+report and flags, D={DIM} embeddings, curated offline (one decision per sample). The box is shared with other
+helpers' builds and tests, so these are figures under load.
 
 | page | median ms | p95 ms |
 |---|---|---|
