@@ -128,3 +128,29 @@ def test_demo_runs_service_trainer_and_eval_end_to_end(tmp_path: Path) -> None:
     lines = (tmp_path / "subset.jsonl").read_text().splitlines()
     assert "provenance" in json.loads(lines[0]) and len(lines) == summary["subset_size"] + 1
     assert (tmp_path / "trainer" / "latest.pt").exists()
+
+
+def test_demo_serve_opens_the_explorer_on_the_demos_database(tmp_path: Path, monkeypatch, capsys) -> None:
+    """``--serve``: the demo's SQLite database behind the explorer, with a printed admin token that signs in (the
+    server itself is captured instead of run, so the test does not block)."""
+    import re
+
+    import uvicorn
+    from fastapi.testclient import TestClient
+
+    from service.cli.demo import _serve_explorer
+    from service.migrate import upgrade
+
+    url = f"sqlite:///{tmp_path / 'demo.db'}"
+    upgrade(url)
+    served: dict = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: served.update(app=app, **options))
+    _serve_explorer(url, 18765)
+    printed = capsys.readouterr().err
+    assert "http://127.0.0.1:18765/ui" in printed and served["port"] == 18765
+    token = re.search(r"chx_[\w-]+", printed).group(0)
+    with TestClient(served["app"]) as browser:
+        form = browser.get("/ui/login")
+        csrf = re.search(r'name="csrf" value="([^"]+)"', form.text).group(1)
+        assert browser.post("/ui/login", data={"token": token, "csrf": csrf}).status_code == 200  # to /ui/runs
+        assert "No runs yet" in browser.get("/ui/runs").text
