@@ -36,9 +36,19 @@ def _flag_conditions() -> dict[str, ColumnElement[bool]]:
     }
 
 
+def _state(run: Run, kind: str) -> tuple[Any, ...]:
+    """What a run's figures depend on: they are recomputed only when one of these changes."""
+    return (kind, run.id, run.created_at, run.phase, run.epoch, run.step, run.prototype_version, repr(run.error))
+
+
 def run_row(session: Session, run: Run, dataset_name: str) -> dict[str, Any]:
     """One row of the runs list: dataset, phase, progress, subset ratio, compute fraction."""
-    total, _, subset, ratio = stats.subset_figures(session, run)
+    key = _state(run, "row")
+    figures = _CACHE.get(key)
+    if figures is None:
+        figures = stats.subset_figures(session, run)
+        _CACHE.put(key, figures)
+    total, _, subset, ratio = figures
     size, done = epoch_progress(session, run)
     config = run_config(run)
     return {
@@ -119,7 +129,7 @@ def flag_shares(session: Session, run: Run) -> dict[str, dict[str, float | None]
 
 def live_figures(session: Session, run: Run) -> dict[str, Any]:
     """Everything the run page shows, as JSON (the page polls it while the run trains)."""
-    key = (run.id, run.created_at, run.phase, run.epoch, run.step, run.prototype_version, repr(run.error))
+    key = _state(run, "page")
     cached = _CACHE.get(key)
     size, done = epoch_progress(session, run)  # moves with every acknowledged manifest: never cached
     if cached is None:
