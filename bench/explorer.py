@@ -127,7 +127,7 @@ def main() -> None:
             assert first.status_code == 200 and first.text.count('<li class="band-') == 12, first.text[:500]
             gallery = f"/ui/runs/{run_id}/gallery"
             cases: dict[str, Callable[[], httpx.Response]] = {
-                "gallery, first page (48 of every band)": lambda: http.get(gallery),
+                "gallery, first page (all bands, 48 tiles)": lambda: http.get(gallery),
                 "gallery, a page 90 % of the way in (keyset cursor)": lambda: http.get(
                     gallery, params={"after": f"{deep[0]}.{deep[1]}.{deep[2]}"}
                 ),
