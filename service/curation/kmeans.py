@@ -14,14 +14,10 @@ def faiss_gpu_available() -> bool:
     return hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
 
 
-def init_prototypes(
-    features: ArrayLike,
-    k: int,
-    seed: int,
-    iterations: int = 20,
-    use_gpu: bool | None = None,
+def kmeans_centroids(
+    features: ArrayLike, k: int, seed: int, iterations: int = 20, use_gpu: bool | None = None
 ) -> NDArray[np.float32]:
-    """Prototypes version 1: k-means (``iterations``, ``seed``) over all rows, then p_k = c_k / ||c_k||."""
+    """c_k of FAISS k-means (``iterations``, ``seed``) over all rows (no silent subsample), unnormalised."""
     import faiss
 
     f = as_matrix("features", features)
@@ -42,7 +38,18 @@ def init_prototypes(
     )
     kmeans.train(data)
     assert kmeans.centroids is not None  # set by train()
-    centroids = kmeans.centroids.astype(np.float64)
+    return np.asarray(kmeans.centroids, dtype=np.float32)
+
+
+def init_prototypes(
+    features: ArrayLike,
+    k: int,
+    seed: int,
+    iterations: int = 20,
+    use_gpu: bool | None = None,
+) -> NDArray[np.float32]:
+    """Prototypes version 1: k-means (``iterations``, ``seed``) over all rows, then p_k = c_k / ||c_k||."""
+    centroids = kmeans_centroids(features, k, seed, iterations, use_gpu).astype(np.float64)
     norms = np.linalg.norm(centroids, axis=1, keepdims=True)
     if (norms == 0).any():
         raise ValueError("k-means produced a zero centroid: the features cancel out and cannot be prototypes")

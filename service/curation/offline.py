@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from .backend import Backend, CpuBackend
 from .config import CurationConfig
+from .dedup import dedup_keep
+from .hierarchy import assign_finest, balanced_sample, hierarchical_kmeans
 from .kmeans import init_prototypes
-from .selection import Band, select_batch
-from .validate import as_matrix
+from .selection import Band, Selection, nearest_prototypes, select_batch
+from .target import TargetTally, select_toward, settle_exact, wanted_rows
+from .validate import as_matrix, check_prototypes, float32_rows
 
 Progress = Callable[[int, int], None]
 
@@ -27,6 +31,8 @@ class OfflineCuration:
     band: NDArray[np.int8]
     keep: NDArray[np.bool_]
     batch: NDArray[np.int64]  # super-batch (step) each row was selected in
+    duplicate: NDArray[np.bool_] | None = None  # removed as a near-duplicate (dedup mode), else None
+    modes: dict[str, Any] = field(default_factory=dict)  # each mode beyond the paper: parameters and outcome
 
     @property
     def subset_ratio(self) -> float:
@@ -43,6 +49,7 @@ def curate_offline(
     backend: Backend | None = None,
     progress: Progress | None = None,
     order: NDArray[np.integer] | None = None,
+    patient: NDArray[np.int64] | None = None,
 ) -> OfflineCuration:
     """Curate fixed embeddings: prototypes from ``warmup_samples`` random rows, one pass of super-batches.
 
@@ -52,7 +59,8 @@ def curate_offline(
     ``order`` lists the rows in their canonical order (by the ids they are keyed by; default: as given): the
     warm-up sample and the super-batches are drawn over positions in it, so the outcome does not depend on how
     the rows happen to be stored. ``progress(done, total)`` is called with ``done = 0`` once the prototypes
-    exist, then after each batch.
+    exist, then after each batch. The modes beyond the paper (docs/MODES.md) run when the config turns them on;
+    ``patient`` (integer codes, -1 unknown) is what ``dedup_same_patient`` compares.
     """
     backend_: Backend = backend or CpuBackend()
     f = as_matrix("features", features)
@@ -64,6 +72,16 @@ def curate_offline(
     warmup = canonical[np.sort(rng.choice(n, size=min(n, config.warmup_samples), replace=False))]
     prototypes = init_prototypes(f[warmup], config.k, config.seed, config.kmeans_iterations)
     order = canonical[rng.permutation(n)]
+    position = np.empty(n, dtype=np.int64)
+    position[canonical] = np.arange(n)  # the dedup rule keeps the earliest row of a group in canonical order
+    modes = config.modes()
+    eligible = np.ones(n, dtype=bool)
+    if config.dedup_epsilon is not None:
+        assigned = _assign(f, prototypes, backend_)
+        eligible = dedup_keep(f, assigned, config.dedup_epsilon, position, patient, backend_)
+        modes["dedup"] = {**modes["dedup"], "removed": int(n - eligible.sum())}
+    controlled = config.target_ratio is not None and config.prototype_mode == "flat"
+    tally = TargetTally(config.target_ratio or 0.0)
 
     prototype = np.empty(n, dtype=np.int64)
     distance = np.empty(n, dtype=np.float32)
@@ -75,7 +93,15 @@ def curate_offline(
         progress(0, n_batches)  # k-means is done: lets a caller time it apart from selection
     for step in range(n_batches):
         rows = order[step * config.batch_size : (step + 1) * config.batch_size]
-        sel = select_batch(f[rows], prototypes, config, seed=(config.seed, step), backend=backend_)
+        sel: Selection
+        if controlled:
+            wanted = wanted_rows(tally.target_ratio, tally.seen, tally.kept, len(rows))
+            sel, plan = select_toward(
+                f[rows], prototypes, config, (config.seed, step), wanted, backend_, eligible[rows]
+            )
+            tally.add(plan, len(rows), int(sel.keep.sum()))
+        else:
+            sel = select_batch(f[rows], prototypes, config, seed=(config.seed, step), backend=backend_, eligible=eligible[rows])
         prototype[rows], distance[rows], band[rows], keep[rows] = (
             sel.prototype,
             sel.distance,
@@ -85,4 +111,68 @@ def curate_offline(
         batch[rows] = step
         if progress is not None:
             progress(step + 1, n_batches)
-    return OfflineCuration(prototypes, prototype, distance, band, keep, batch)
+    if controlled:
+        keep = _settle(keep, band, eligible, round(tally.target_ratio * n), (config.seed, n_batches), tally, modes)
+    if config.prototype_mode == "hierarchical":
+        size = round(config.target_ratio * n) if config.target_ratio is not None else int(keep.sum())
+        keep = _balanced(f[warmup], f, config, size, eligible, backend_, modes)
+    duplicate = None if config.dedup_epsilon is None else ~eligible
+    return OfflineCuration(prototypes, prototype, distance, band, keep, batch, duplicate, modes)
+
+
+def _assign(f: NDArray, prototypes: NDArray[np.float32], backend: Backend) -> NDArray[np.int64]:
+    """c_i of every row, one super-batch-sized block at a time (rows may be float16)."""
+    p32 = check_prototypes(prototypes)
+    out = np.empty(len(f), dtype=np.int64)
+    for start in range(0, len(f), ASSIGN_ROWS):
+        f32, sq = float32_rows("features", f[start : start + ASSIGN_ROWS])
+        out[start : start + len(f32)] = nearest_prototypes(f32, sq, p32, backend)[0]
+    return out
+
+
+#: rows per block when every row is assigned before selection (dedup mode)
+ASSIGN_ROWS = 1 << 16
+
+
+def _settle(
+    keep: NDArray[np.bool_],
+    band: NDArray[np.int8],
+    eligible: NDArray[np.bool_],
+    size: int,
+    seed: tuple[int, int],
+    tally: TargetTally,
+    modes: dict[str, Any],
+) -> NDArray[np.bool_]:
+    """Offline's exact size: the controller's last few rows of error settled on central rows (bands follow)."""
+    settled, unsettled = settle_exact(
+        keep, keep & (band == Band.CENTRAL_KEPT), eligible & (band == Band.CENTRAL_DROPPED), size, seed
+    )
+    flipped = settled != keep
+    band[flipped & settled] = Band.CENTRAL_KEPT
+    band[flipped & ~settled] = Band.CENTRAL_DROPPED
+    tally.kept = int(settled.sum())
+    modes["target_ratio"] = {**tally.report(), "requested_size": size, "settled_rows": int(flipped.sum())}
+    modes["target_ratio"]["unsettled_rows"] = unsettled
+    return settled
+
+
+def _balanced(
+    warmup: NDArray,
+    f: NDArray,
+    config: CurationConfig,
+    size: int,
+    eligible: NDArray[np.bool_],
+    backend: Backend,
+    modes: dict[str, Any],
+) -> NDArray[np.bool_]:
+    """The subset drawn by balanced sampling over hierarchical k-means clusters instead of the bands."""
+    hierarchy = hierarchical_kmeans(warmup, config.levels, config.seed, config.kmeans_iterations)
+    finest = assign_finest(f, hierarchy, backend)
+    keep = balanced_sample(finest, hierarchy, size, config.seed, eligible)
+    used = np.bincount(finest[keep], minlength=len(hierarchy.centroids[0]))
+    modes["hierarchical"] = {
+        **modes["hierarchical"],
+        "size": int(keep.sum()),
+        "finest_clusters_used": int((used > 0).sum()),
+    }
+    return keep

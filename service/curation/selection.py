@@ -73,10 +73,13 @@ def select_batch(
     config: CurationConfig,
     seed: int | Sequence[int],
     backend: Backend | None = None,
+    eligible: NDArray[np.bool_] | None = None,
 ) -> Selection:
     """Assign each f_i to its nearest p_k, band it by per-prototype quantiles of d, cap central rows.
 
     ``seed`` (an int or a sequence such as ``(run_seed, epoch, step)``) drives the sampler's randomness.
+    ``eligible`` (default: all) marks the rows that may be kept: the others are banded like every row but never
+    kept, and do not take central slots (near-duplicates, docs/MODES.md).
     """
     backend_: Backend = backend or CpuBackend()
     f32, sq_norms = float32_rows("features", features)
@@ -87,10 +90,11 @@ def select_batch(
 
     assigned, dist = nearest_prototypes(f32, sq_norms, p32, backend_)
     t_sup, t_out = grouped_quantiles(dist, assigned, k, (config.support_quantile, config.outlier_quantile))
-    central = dist <= t_sup[assigned]
+    may_keep = np.ones(len(f32), dtype=bool) if eligible is None else np.asarray(eligible, dtype=bool)
     band = np.full(len(f32), Band.SUPPORT, dtype=np.int8)
     band[dist > t_out[assigned]] = Band.OUTLIER
-    band[central] = Band.CENTRAL_DROPPED
+    band[dist <= t_sup[assigned]] = Band.CENTRAL_DROPPED
+    central = (band == Band.CENTRAL_DROPPED) & may_keep
 
     central_rows = np.flatnonzero(central)
     central_counts = np.bincount(assigned[central_rows], minlength=k)
@@ -111,9 +115,9 @@ def select_batch(
                 layout = index.layout(crowded[bucket])
                 band[density_rows(f32, sq_norms, layout, m, config.density_neighbors, backend_)] = Band.CENTRAL_KEPT
 
-    keep = (band == Band.SUPPORT) | (band == Band.CENTRAL_KEPT)
+    keep = ((band == Band.SUPPORT) | (band == Band.CENTRAL_KEPT)) & may_keep
     # Unreachable with a valid config (each prototype's nearest member is central and m >= 1): the paper's guard.
-    fallback = not keep.any()
+    fallback = not keep.any() and bool(may_keep.any())
     if fallback:
-        keep[:] = True
+        keep[:] = may_keep
     return Selection(prototype=assigned, distance=dist, band=band, keep=keep, fallback=fallback)

@@ -1,0 +1,66 @@
+"""Balanced prototypes: the allocation by hand, exact sizes, and balance across clusters of unequal size."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from service.curation import CurationConfig, balanced_sample, curate_offline, hierarchical_kmeans
+from service.curation.hierarchy import Hierarchy, allocate, assign_finest
+
+
+def test_allocate_by_hand() -> None:
+    rng = np.random.default_rng(0)
+    assert allocate(np.array([100, 2, 50]), 30, rng).tolist() == [14, 2, 14]
+    assert allocate(np.array([100, 2, 50]), 200, rng).tolist() == [100, 2, 50]  # more than there is: all
+    odd = allocate(np.array([10, 10, 10]), 7, rng)
+    assert sorted(odd.tolist()) == [2, 2, 3]
+
+
+def test_balanced_sample_two_levels_by_hand() -> None:
+    # four finest clusters (sizes 40, 40, 10, 2) under two top clusters {0, 1} and {2, 3}
+    hierarchy = Hierarchy(
+        centroids=[np.zeros((4, 2), np.float32), np.zeros((2, 2), np.float32)], parents=[np.array([0, 0, 1, 1])]
+    )
+    finest = np.repeat(np.arange(4), [40, 40, 10, 2])
+    keep = balanced_sample(finest, hierarchy, 20, seed=0)
+    # 10 per top cluster; top 0 gives 5 + 5, top 1 gives 8 + 2 (cluster 3 has only 2)
+    assert np.bincount(finest[keep], minlength=4).tolist() == [5, 5, 8, 2]
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 1000), n=st.integers(60, 800), share=st.floats(0.05, 0.9))
+def test_balanced_sample_size_is_exact(seed: int, n: int, share: float) -> None:
+    rng = np.random.default_rng(seed)
+    f = rng.standard_normal((n, 8)).astype(np.float32)
+    hierarchy = hierarchical_kmeans(f, (12, 3), seed, 10)
+    finest = assign_finest(f, hierarchy)
+    eligible = rng.random(n) < 0.9
+    size = round(share * n)
+    keep = balanced_sample(finest, hierarchy, size, seed, eligible)
+    assert keep.sum() == min(size, eligible.sum())
+    assert not (keep & ~eligible).any()
+
+
+def test_balanced_mode_enriches_the_tail() -> None:
+    from service.synth.embeddings import long_tailed_embeddings
+
+    data = long_tailed_embeddings(3000, dim=64, seed=0)
+    config = CurationConfig(k=6, batch_size=256, warmup_samples=3000, prototype_mode="hierarchical", target_ratio=0.2)
+    result = curate_offline(data.features, config)
+    assert int(result.keep.sum()) == 600
+    rare = data.finding >= 8  # the rarest third of the 12 findings
+    assert result.keep[rare].mean() / result.keep.mean() > 1.5
+    assert result.modes["hierarchical"]["levels"] == [60, 6]
+
+
+def test_hierarchy_validation() -> None:
+    with pytest.raises(ValueError, match="needs prototype_mode"):
+        CurationConfig(hierarchy=(30, 6))
+    with pytest.raises(ValueError, match="shrink"):
+        CurationConfig(prototype_mode="hierarchical", hierarchy=(6, 30))
+    with pytest.raises(ValueError, match="exceeds warmup_samples"):
+        CurationConfig(prototype_mode="hierarchical", hierarchy=(3000, 6), warmup_samples=2560)
+    assert CurationConfig(prototype_mode="hierarchical").levels == (60, 6)
