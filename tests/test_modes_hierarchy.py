@@ -44,16 +44,20 @@ def test_balanced_sample_size_is_exact(seed: int, n: int, share: float) -> None:
     assert not (keep & ~eligible).any()
 
 
-def test_balanced_mode_enriches_the_tail() -> None:
-    from service.synth.embeddings import long_tailed_embeddings
-
-    data = long_tailed_embeddings(3000, dim=64, seed=0)
-    config = CurationConfig(k=6, batch_size=256, warmup_samples=3000, prototype_mode="hierarchical", target_ratio=0.2)
-    result = curate_offline(data.features, config)
-    assert int(result.keep.sum()) == 600
-    rare = data.finding >= 8  # the rarest third of the 12 findings
-    assert result.keep[rare].mean() / result.keep.mean() > 1.5
-    assert result.modes["hierarchical"]["levels"] == [60, 6]
+def test_balanced_mode_evens_out_separated_modes() -> None:
+    # three far-apart blobs of 900, 90 and 10 rows: a 60-row balanced subset takes 20, 20 and all 10 + 10 more
+    rng = np.random.default_rng(0)
+    centres = np.eye(3, 16) * 10
+    sizes = [900, 90, 10]
+    blob = np.repeat(np.arange(3), sizes)
+    f = (centres[blob] + rng.standard_normal((1000, 16))).astype(np.float32)
+    config = CurationConfig(
+        k=3, batch_size=200, warmup_samples=1000, prototype_mode="hierarchical", hierarchy=(30, 3), target_ratio=0.06
+    )
+    result = curate_offline(f, config)
+    taken = np.bincount(blob[result.keep], minlength=3)
+    assert taken.sum() == 60 and taken[2] == 10 and abs(int(taken[0]) - int(taken[1])) <= 1
+    assert result.modes["hierarchical"] == {"levels": [30, 3], "size": 60, "finest_clusters_used": 30}
 
 
 def test_hierarchy_validation() -> None:
@@ -63,4 +67,5 @@ def test_hierarchy_validation() -> None:
         CurationConfig(prototype_mode="hierarchical", hierarchy=(6, 30))
     with pytest.raises(ValueError, match="exceeds warmup_samples"):
         CurationConfig(prototype_mode="hierarchical", hierarchy=(3000, 6), warmup_samples=2560)
-    assert CurationConfig(prototype_mode="hierarchical").levels == (60, 6)
+    assert CurationConfig(prototype_mode="hierarchical").levels == (512, 51, 6)
+    assert CurationConfig(prototype_mode="hierarchical", warmup_samples=100).levels == (20, 6)

@@ -107,8 +107,12 @@ class CurationConfig(BaseModel):
 
     @property
     def levels(self) -> tuple[int, ...]:
-        """Clusters per level of hierarchical k-means, finest first: as given, else (10 K, K) (docs/MODES.md)."""
-        return self.hierarchy if self.hierarchy is not None else (min(10 * self.k, self.warmup_samples), self.k)
+        """Clusters per level of hierarchical k-means, finest first: as given, else (n_w / 5, n_w / 50, K) for
+        n_w warm-up rows, less any level not above the next (docs/MODES.md)."""
+        if self.hierarchy is not None:
+            return self.hierarchy
+        wanted = (self.warmup_samples // 5, self.warmup_samples // 50, self.k)
+        return tuple(c for c in wanted[:-1] if c > self.k) + (self.k,)
 
     def modes(self) -> dict[str, object]:
         """The modes beyond the paper this config turns on, with their parameters; {} for the faithful algorithm."""

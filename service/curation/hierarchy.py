@@ -19,6 +19,8 @@ from .selection import nearest_prototypes
 from .target import water_level
 from .validate import float32_rows
 
+#: k-means starts per level, the best (lowest inertia) kept: one bad start can merge small modes into big ones
+KMEANS_STARTS = 10
 #: rows assigned to the finest centroids per block
 ASSIGN_BLOCK_ROWS = 1 << 16
 
@@ -45,7 +47,7 @@ def hierarchical_kmeans(features: NDArray, levels: tuple[int, ...], seed: int, i
     for depth, n_clusters in enumerate(levels):
         if n_clusters > len(points):
             raise ValueError(f"level {depth + 1} asks for {n_clusters} clusters of {len(points)} points")
-        c = kmeans_centroids(points, n_clusters, seed + depth, iterations)
+        c = kmeans_centroids(points, n_clusters, seed + depth, iterations, redo=KMEANS_STARTS)
         if depth:
             parents.append(_nearest(points, c))
         centroids.append(c)

@@ -15,9 +15,9 @@ def faiss_gpu_available() -> bool:
 
 
 def kmeans_centroids(
-    features: ArrayLike, k: int, seed: int, iterations: int = 20, use_gpu: bool | None = None
+    features: ArrayLike, k: int, seed: int, iterations: int = 20, use_gpu: bool | None = None, redo: int = 1
 ) -> NDArray[np.float32]:
-    """c_k of FAISS k-means (``iterations``, ``seed``) over all rows (no silent subsample), unnormalised."""
+    """c_k of FAISS k-means (``iterations``, ``seed``, best of ``redo`` starts) over all rows, unnormalised."""
     import faiss
 
     f = as_matrix("features", features)
@@ -31,6 +31,7 @@ def kmeans_centroids(
         k,
         niter=iterations,
         seed=seed,
+        nredo=redo,
         gpu=faiss_gpu_available() if use_gpu is None else use_gpu,
         min_points_per_centroid=1,
         max_points_per_centroid=max(256, -(-len(data) // k)),  # train on every row: no silent subsample
