@@ -7,8 +7,16 @@ Notation follows the paper (docs/ENGINE.md): features f_i, prototypes p_k, assig
 
 from .backend import Backend, CpuBackend, TorchBackend, default_backend
 from .budget import compute_fraction
-from .config import CentralSampler, CurationConfig
-from .dedup import DuplicatePairs, SweepPoint, dedup_against_memory, dedup_keep, duplicate_pairs, epsilon_sweep
+from .config import CentralSampler, CurationConfig, PrototypeMode
+from .dedup import (
+    DuplicatePairs,
+    SweepPoint,
+    dedup_against_memory,
+    dedup_keep,
+    duplicate_pairs,
+    epsilon_sweep,
+    patient_codes,
+)
 from .features import curation_features, stored_unit_rows, unit_rows
 from .hierarchy import Hierarchy, balanced_sample, hierarchical_kmeans
 from .kmeans import init_prototypes
@@ -37,6 +45,8 @@ __all__ = [
     "select_toward",
     "wanted_rows",
     "CentralSampler",
+    "PrototypeMode",
+    "patient_codes",
     "CurationConfig",
     "CpuBackend",
     "OfflineCuration",

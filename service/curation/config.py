@@ -103,7 +103,9 @@ class CurationConfig(BaseModel):
             if any(a <= b for a, b in zip(levels, levels[1:], strict=False)):
                 raise ValueError(f"hierarchy must shrink from the finest level up, got {list(levels)}")
             if levels[0] > self.warmup_samples:
-                raise ValueError(f"hierarchy's finest level ({levels[0]}) exceeds warmup_samples ({self.warmup_samples})")
+                raise ValueError(
+                    f"hierarchy's finest level ({levels[0]}) exceeds warmup_samples ({self.warmup_samples})"
+                )
 
     @property
     def levels(self) -> tuple[int, ...]:

@@ -8,6 +8,7 @@ the batch's rows (docs/MODES.md).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +23,13 @@ from .groups import GroupIndex
 PAIR_BLOCK_ROWS = 4096
 #: the same patient id marks a patient; this one marks "unknown", which matches no one
 NO_PATIENT = -1
+
+
+def patient_codes(patient_ids: Sequence[str | None]) -> NDArray[np.int64]:
+    """Integer codes of patient ids, equal ids equal codes; None or "" is ``NO_PATIENT``."""
+    named = np.asarray([p or "" for p in patient_ids], dtype=str)
+    _, codes = np.unique(named, return_inverse=True)
+    return np.where(named == "", NO_PATIENT, codes).astype(np.int64)
 
 
 @dataclass(frozen=True)

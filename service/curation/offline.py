@@ -101,7 +101,9 @@ def curate_offline(
             )
             tally.add(plan, len(rows), int(sel.keep.sum()))
         else:
-            sel = select_batch(f[rows], prototypes, config, seed=(config.seed, step), backend=backend_, eligible=eligible[rows])
+            sel = select_batch(
+                f[rows], prototypes, config, seed=(config.seed, step), backend=backend_, eligible=eligible[rows]
+            )
         prototype[rows], distance[rows], band[rows], keep[rows] = (
             sel.prototype,
             sel.distance,
