@@ -1,4 +1,4 @@
-"""Balanced prototypes (ssl-data-curation's recipe): hierarchical k-means, then equal shares per cluster, level by level.
+"""Balanced prototypes (ssl-data-curation's recipe): hierarchical k-means, then equal shares per cluster.
 
 Level 1 clusters the rows into n_1 centroids; level l + 1 clusters level l's centroids into n_{l+1}. Sampling
 splits the budget evenly over the top clusters (a cluster short of its share gives the rest to the others), then
