@@ -21,7 +21,7 @@ from .features import curation_features, stored_unit_rows, unit_rows
 from .hierarchy import Hierarchy, balanced_sample, hierarchical_kmeans
 from .kmeans import init_prototypes
 from .offline import OfflineCuration, curate_offline
-from .selection import BAND_LABELS, Band, Selection, select_batch
+from .selection import BAND_LABELS, Band, Selection, assign_rows, select_batch
 from .target import CapPlan, TargetTally, plan_caps, select_toward, wanted_rows
 from .update import sinkhorn, update_prototypes
 from .validate import check_prototypes
@@ -31,6 +31,7 @@ __all__ = [
     "Backend",
     "Band",
     "CapPlan",
+    "assign_rows",
     "DuplicatePairs",
     "Hierarchy",
     "SweepPoint",

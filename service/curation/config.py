@@ -7,7 +7,7 @@ warm-up k-means over ``MAX_WARMUP_SAMPLES`` rows the same.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -116,9 +116,9 @@ class CurationConfig(BaseModel):
         wanted = (self.warmup_samples // 5, self.warmup_samples // 50, self.k)
         return tuple(c for c in wanted[:-1] if c > self.k) + (self.k,)
 
-    def modes(self) -> dict[str, object]:
+    def modes(self) -> dict[str, dict[str, Any]]:
         """The modes beyond the paper this config turns on, with their parameters; {} for the faithful algorithm."""
-        out: dict[str, object] = {}
+        out: dict[str, dict[str, Any]] = {}
         if self.target_ratio is not None:
             out["target_ratio"] = {"target_ratio": self.target_ratio}
         if self.dedup_epsilon is not None:

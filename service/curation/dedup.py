@@ -47,7 +47,7 @@ class DuplicatePairs:
 
 
 def duplicate_pairs(
-    features: NDArray[np.float32],
+    features: NDArray[np.floating],
     prototype: NDArray[np.int64],
     epsilon: float,
     patient: NDArray[np.int64] | None = None,
@@ -108,7 +108,7 @@ def one_per_group(groups: NDArray[np.int64], priority: NDArray[np.integer]) -> N
 
 
 def dedup_keep(
-    features: NDArray[np.float32],
+    features: NDArray[np.floating],
     prototype: NDArray[np.int64],
     epsilon: float,
     priority: NDArray[np.integer] | None = None,
@@ -159,7 +159,7 @@ class SweepPoint:
 
 
 def epsilon_sweep(
-    features: NDArray[np.float32],
+    features: NDArray[np.floating],
     prototype: NDArray[np.int64],
     epsilons: list[float],
     patient: NDArray[np.int64] | None = None,

@@ -13,16 +13,13 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from .backend import Backend, CpuBackend
+from .backend import Backend
 from .kmeans import kmeans_centroids
-from .selection import nearest_prototypes
+from .selection import assign_rows
 from .target import water_level
-from .validate import float32_rows
 
 #: k-means starts per level, the best (lowest inertia) kept: one bad start can merge small modes into big ones
 KMEANS_STARTS = 10
-#: rows assigned to the finest centroids per block
-ASSIGN_BLOCK_ROWS = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -49,24 +46,15 @@ def hierarchical_kmeans(features: NDArray, levels: tuple[int, ...], seed: int, i
             raise ValueError(f"level {depth + 1} asks for {n_clusters} clusters of {len(points)} points")
         c = kmeans_centroids(points, n_clusters, seed + depth, iterations, redo=KMEANS_STARTS)
         if depth:
-            parents.append(_nearest(points, c))
+            parents.append(assign_rows(points, c))
         centroids.append(c)
         points = c
     return Hierarchy(centroids, parents)
 
 
-def _nearest(rows: NDArray[np.float32], centroids: NDArray[np.float32], backend: Backend | None = None) -> NDArray:
-    f32, sq = float32_rows("features", rows)
-    return nearest_prototypes(f32, sq, centroids, backend or CpuBackend())[0]
-
-
 def assign_finest(features: NDArray, hierarchy: Hierarchy, backend: Backend | None = None) -> NDArray[np.int64]:
-    """c_i at the finest level, in row blocks (features may be float16)."""
-    out = np.empty(len(features), dtype=np.int64)
-    for start in range(0, len(features), ASSIGN_BLOCK_ROWS):
-        block = features[start : start + ASSIGN_BLOCK_ROWS]
-        out[start : start + len(block)] = _nearest(block, hierarchy.centroids[0], backend)
-    return out
+    """c_i at the finest level (features may be float16)."""
+    return assign_rows(features, hierarchy.centroids[0], backend)
 
 
 def allocate(sizes: NDArray[np.int64], budget: int, rng: np.random.Generator) -> NDArray[np.int64]:

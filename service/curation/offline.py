@@ -14,9 +14,9 @@ from .config import CurationConfig
 from .dedup import dedup_keep
 from .hierarchy import assign_finest, balanced_sample, hierarchical_kmeans
 from .kmeans import init_prototypes
-from .selection import Band, Selection, nearest_prototypes, select_batch
+from .selection import Band, Selection, assign_rows, select_batch
 from .target import TargetTally, select_toward, settle_exact, wanted_rows
-from .validate import as_matrix, check_prototypes, float32_rows
+from .validate import as_matrix
 
 Progress = Callable[[int, int], None]
 
@@ -77,7 +77,7 @@ def curate_offline(
     modes = config.modes()
     eligible = np.ones(n, dtype=bool)
     if config.dedup_epsilon is not None:
-        assigned = _assign(f, prototypes, backend_)
+        assigned = assign_rows(f, prototypes, backend_)
         eligible = dedup_keep(f, assigned, config.dedup_epsilon, position, patient, backend_)
         modes["dedup"] = {**modes["dedup"], "removed": int(n - eligible.sum())}
     controlled = config.target_ratio is not None and config.prototype_mode == "flat"
@@ -120,20 +120,6 @@ def curate_offline(
         keep = _balanced(f[warmup], f, config, size, eligible, backend_, modes)
     duplicate = None if config.dedup_epsilon is None else ~eligible
     return OfflineCuration(prototypes, prototype, distance, band, keep, batch, duplicate, modes)
-
-
-def _assign(f: NDArray, prototypes: NDArray[np.float32], backend: Backend) -> NDArray[np.int64]:
-    """c_i of every row, one super-batch-sized block at a time (rows may be float16)."""
-    p32 = check_prototypes(prototypes)
-    out = np.empty(len(f), dtype=np.int64)
-    for start in range(0, len(f), ASSIGN_ROWS):
-        f32, sq = float32_rows("features", f[start : start + ASSIGN_ROWS])
-        out[start : start + len(f32)] = nearest_prototypes(f32, sq, p32, backend)[0]
-    return out
-
-
-#: rows per block when every row is assigned before selection (dedup mode)
-ASSIGN_ROWS = 1 << 16
 
 
 def _settle(

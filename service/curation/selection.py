@@ -15,6 +15,8 @@ from .groups import GroupIndex, grouped_quantiles, padded_buckets
 from .samplers import density_rows, random_rows
 from .validate import check_prototypes, float32_rows
 
+#: rows per block of ``assign_rows``
+ASSIGN_BLOCK_ROWS = 1 << 16
 #: padding rows a Gram bucket may carry before a separate batched product is cheaper (at D ~ 1024)
 BUCKET_PADDING_ROWS = 256
 
@@ -65,6 +67,17 @@ def nearest_prototypes(
     assigned = np.argmax(score, axis=1)
     sq = sq_norms - 2 * score[np.arange(len(score)), assigned]
     return assigned.astype(np.int64), np.sqrt(np.maximum(sq, 0).astype(np.float64))
+
+
+def assign_rows(features: ArrayLike, prototypes: ArrayLike, backend: Backend | None = None) -> NDArray[np.int64]:
+    """c_i = argmin_k ||f_i - p_k|| for any rows and centroids (unit or not; float16 rows in float32 blocks)."""
+    rows = np.asarray(features)
+    p32 = np.ascontiguousarray(prototypes, dtype=np.float32)
+    out = np.empty(len(rows), dtype=np.int64)
+    for start in range(0, len(rows), ASSIGN_BLOCK_ROWS):
+        f32, sq_norms = float32_rows("features", rows[start : start + ASSIGN_BLOCK_ROWS])
+        out[start : start + len(f32)] = nearest_prototypes(f32, sq_norms, p32, backend or CpuBackend())[0]
+    return out
 
 
 def select_batch(

@@ -83,11 +83,16 @@ def plan_caps(
     top = max(int(central_counts.max(initial=0)), 1)
     caps = np.arange(1, top + 1)
     kept = support[:, None] + np.stack([capped_totals(c, caps) for c in central_counts])  # [Q, M]
+    bound: Bound = "none"
     if kept[0, 0] <= wanted:
-        q_index, bound = 0, "none" if kept[0, -1] >= wanted else "high"
+        q_index = 0
+        if kept[0, -1] < wanted:
+            bound = "high"
     else:
         reach = np.flatnonzero(kept[:, 0] <= wanted)
-        q_index, bound = (int(reach[0]), "none") if len(reach) else (n_q - 1, "low")
+        q_index = int(reach[0]) if len(reach) else n_q - 1
+        if not len(reach):
+            bound = "low"
     row = kept[q_index]
     m = int(np.argmin(np.abs(row - wanted)))  # first minimum: the smaller cap on ties
     return CapPlan(int(caps[m]), float(qs[q_index]), int(row[m]), bound)
