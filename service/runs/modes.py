@@ -127,3 +127,16 @@ def _record(run: Run, epoch: int, target: float, plan: CapPlan, seen: int, kept:
     last = {"max_central": plan.max_central, "support_quantile": plan.support_quantile}
     # a new dict: JSON columns track assignment, not mutation
     run.progress = {**(run.progress or {}), TARGET_PROGRESS: {"epoch": epoch, **tally.report(), "last_step": last}}
+
+
+def run_modes(run: Run, config: CurationConfig) -> dict[str, dict[str, Any]]:
+    """Each mode beyond the paper the run uses: its parameters, and what it reported (offline summary, or the
+    online controller's record); {} for the paper's algorithm."""
+    modes = config.modes()
+    progress = run.progress or {}
+    reported = progress.get("modes") or {}
+    for name in modes:
+        modes[name] = {**modes[name], **reported.get(name, {})}
+    if "target_ratio" in modes and TARGET_PROGRESS in progress:
+        modes["target_ratio"] = {**modes["target_ratio"], **progress[TARGET_PROGRESS]}
+    return modes
