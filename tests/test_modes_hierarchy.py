@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.curation import CurationConfig, balanced_sample, curate_offline, hierarchical_kmeans
+from service.curation import Band, CurationConfig, balanced_sample, curate_offline, hierarchical_kmeans
 from service.curation.hierarchy import Hierarchy, allocate, assign_finest
 
 
@@ -45,7 +45,8 @@ def test_balanced_sample_size_is_exact(seed: int, n: int, share: float) -> None:
 
 
 def test_balanced_mode_evens_out_separated_modes() -> None:
-    # three far-apart blobs of 900, 90 and 10 rows: a 60-row balanced subset takes 20, 20 and all 10 + 10 more
+    # three far-apart blobs of 900, 90 and 10 rows: a 60-row balanced subset takes all of the small blob's rows
+    # that are no flat outliers (never kept), and splits the rest evenly over the other two
     rng = np.random.default_rng(0)
     centres = np.eye(3, 16) * 10
     sizes = [900, 90, 10]
@@ -56,7 +57,9 @@ def test_balanced_mode_evens_out_separated_modes() -> None:
     )
     result = curate_offline(f, config)
     taken = np.bincount(blob[result.keep], minlength=3)
-    assert taken.sum() == 60 and taken[2] == 10 and abs(int(taken[0]) - int(taken[1])) <= 1
+    small = int(((blob == 2) & (result.band != Band.OUTLIER)).sum())
+    assert 5 <= small <= 10 and taken.sum() == 60 and taken[2] == small
+    assert abs(int(taken[0]) - int(taken[1])) <= 1 and not result.keep[result.band == Band.OUTLIER].any()
     assert result.modes["hierarchical"] == {"levels": [30, 3], "size": 60, "finest_clusters_used": 30}
 
 

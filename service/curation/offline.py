@@ -117,7 +117,7 @@ def curate_offline(
         keep = _settle(keep, band, eligible, round(tally.target_ratio * n), (config.seed, n_batches), tally, modes)
     if config.prototype_mode == "hierarchical":
         size = round(config.target_ratio * n) if config.target_ratio is not None else int(keep.sum())
-        keep = _balanced(f[warmup], f, config, size, eligible, backend_, modes)
+        keep = _balanced(f[warmup], f, config, size, eligible & (band != Band.OUTLIER), backend_, modes)
     duplicate = None if config.dedup_epsilon is None else ~eligible
     return OfflineCuration(prototypes, prototype, distance, band, keep, batch, duplicate, modes)
 
