@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -9,7 +11,18 @@ from hypothesis import strategies as st
 
 from service.curation import CurationConfig, curate_offline, select_batch, select_toward, wanted_rows
 from service.curation.target import capped_totals, plan_caps, settle_exact, water_level
-from service.synth.embeddings import long_tailed_embeddings
+from service.synth.embeddings import SyntheticEmbeddings, long_tailed_embeddings
+
+
+def budgets(test: Callable[..., None]) -> Callable[..., None]:
+    """The property tests' draws: seeds, set sizes, super-batch sizes and requested ratios."""
+    drawn = given(
+        seed=st.integers(0, 10_000),
+        n=st.integers(400, 3000),
+        batch=st.sampled_from([64, 128, 256]),
+        target=st.floats(0.10, 0.50),
+    )(test)
+    return settings(max_examples=25, deadline=None)(drawn)
 
 
 def test_capped_totals_by_hand() -> None:
@@ -85,16 +98,14 @@ def test_settle_exact_by_hand() -> None:
     assert stuck.sum() == 1 and left == 1  # the support row is not the controller's to drop
 
 
-@settings(max_examples=25, deadline=None)
-@given(
-    seed=st.integers(0, 10_000),
-    n=st.integers(400, 3000),
-    batch=st.sampled_from([64, 128, 256]),
-    target=st.floats(0.10, 0.50),
-)
-def test_offline_target_is_exact(seed: int, n: int, batch: int, target: float) -> None:
+def budget_case(seed: int, n: int, batch: int, target: float) -> tuple[SyntheticEmbeddings, CurationConfig]:
     data = long_tailed_embeddings(n, dim=16, seed=seed)
-    config = CurationConfig(k=6, batch_size=batch, warmup_samples=min(n, 512), target_ratio=target, seed=seed)
+    return data, CurationConfig(k=6, batch_size=batch, warmup_samples=min(n, 512), target_ratio=target, seed=seed)
+
+
+@budgets
+def test_offline_target_is_exact(seed: int, n: int, batch: int, target: float) -> None:
+    data, config = budget_case(seed, n, batch, target)
     result = curate_offline(data.features, config)
     report = result.modes["target_ratio"]
     assert report["unsettled_rows"] == 0
@@ -102,17 +113,10 @@ def test_offline_target_is_exact(seed: int, n: int, batch: int, target: float) -
     assert not result.keep[result.band == 0].any()
 
 
-@settings(max_examples=25, deadline=None)
-@given(
-    seed=st.integers(0, 10_000),
-    n=st.integers(400, 3000),
-    batch=st.sampled_from([64, 128, 256]),
-    target=st.floats(0.10, 0.50),
-)
+@budgets
 def test_online_controller_lands_within_one_point(seed: int, n: int, batch: int, target: float) -> None:
     """Step by step as a run does it (fixed prototypes), no end-of-epoch settling: within +-1 percentage point."""
-    data = long_tailed_embeddings(n, dim=16, seed=seed)
-    config = CurationConfig(k=6, batch_size=batch, warmup_samples=min(n, 512), target_ratio=target, seed=seed)
+    data, config = budget_case(seed, n, batch, target)
     protos = curate_offline(data.features, config.model_copy(update={"target_ratio": None})).prototypes
     seen = kept = 0
     for step, start in enumerate(range(0, n, batch)):
