@@ -156,3 +156,27 @@ def test_offline_job_with_every_mode(app, client, admin, db) -> None:
     assert stats["modes"]["dedup"]["same_patient"] is True
     first = client.get(f"/v1/runs/{run_id}/subset", headers=admin).text.splitlines()[0]
     assert set(json.loads(first)["provenance"]["modes"]) == {"target_ratio", "dedup", "hierarchical"}
+
+
+def test_dedup_sweep_of_a_run(client, admin, db) -> None:
+    dataset_id, ids = make_dataset(db, ROWS)
+    rows, copy = copies(ROWS)
+    config = {"k": 3, "warmup_samples": 200, "batch_size": 100}
+    run_id = client.post("/v1/runs", json={"dataset_id": dataset_id, "config": config}, headers=admin).json()["id"]
+    url = f"/v1/runs/{run_id}/dedup-sweep"
+    assert client.post(url, json={}, headers=admin).status_code == 409  # nothing stored yet
+    client.post(
+        f"/v1/runs/{run_id}/embeddings",
+        content=npz(sample_id=np.asarray(ids), embedding=rows),
+        headers={**admin, **OCTET},
+    )
+    r = client.post(url, json={"epsilons": [0.000001, 0.01], "examples": 2}, headers=admin)
+    assert r.status_code == 200, r.text
+    tiny, wide = r.json()["sweep"]
+    assert tiny["epsilon"] == 0.000001 and tiny["removed"] <= wide["removed"] == int(copy.sum())
+    copied = {ids[i] for i in np.flatnonzero(copy)} | {ids[i - 1] for i in np.flatnonzero(copy)}
+    assert all({e["sample_id"], e["with"]} <= copied and e["cosine"] >= 0.99 for e in wide["examples"])
+    assert db.scalar(select(func.count()).select_from(Decision).where(Decision.run_id == run_id)) == 0
+    for bad in ({"epsilons": [0.9]}, {"epsilons": []}, {"examples": 100}, {"eps": [0.1]}):
+        assert client.post(url, json=bad, headers=admin).status_code == 422, bad
+    assert client.post("/v1/runs/999999999/dedup-sweep", json={}, headers=admin).status_code == 404

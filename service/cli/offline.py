@@ -20,6 +20,7 @@ from ..curation import (
     compute_fraction,
     curate_offline,
     epsilon_sweep,
+    offline_assignment,
     patient_codes,
     stored_unit_rows,
 )
@@ -257,7 +258,7 @@ def dedup_sweep(
     if len(keys) < config.k:
         raise fail(f"{embeddings}: {len(keys)} rows cannot make k={config.k} prototypes")
     features = stored_unit_rows(emb)
-    assigned = _curate(features, config, np.argsort(keys, kind="stable")).prototype
+    assigned = offline_assignment(features, config, np.argsort(keys, kind="stable"))[1]
     points = epsilon_sweep(features, assigned, eps, _patients(embeddings, same_patient), examples)
     table = Table("eps", "pairs", "rows removed", "groups", "least similar pairs that count", title="dedup sweep")
     out = []

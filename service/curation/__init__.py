@@ -20,7 +20,7 @@ from .dedup import (
 from .features import curation_features, stored_unit_rows, unit_rows
 from .hierarchy import Hierarchy, balanced_sample, hierarchical_kmeans
 from .kmeans import init_prototypes
-from .offline import OfflineCuration, curate_offline
+from .offline import OfflineCuration, curate_offline, offline_assignment
 from .selection import BAND_LABELS, Band, Selection, assign_rows, select_batch
 from .target import CapPlan, TargetTally, plan_caps, select_toward, wanted_rows
 from .update import sinkhorn, update_prototypes
@@ -56,6 +56,7 @@ __all__ = [
     "check_prototypes",
     "compute_fraction",
     "curate_offline",
+    "offline_assignment",
     "curation_features",
     "default_backend",
     "init_prototypes",

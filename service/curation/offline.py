@@ -43,6 +43,41 @@ class OfflineCuration:
         return {b.label: int(counts[b]) for b in Band}
 
 
+@dataclass(frozen=True)
+class OfflineDraw:
+    """The seeded draws of an offline pass: warm-up rows, the rows in super-batch order, canonical positions."""
+
+    warmup: NDArray[np.int64]
+    batches: NDArray[np.int64]
+    position: NDArray[np.int64]  # of each row in the canonical order (dedup keeps the earliest of a group)
+
+
+def offline_draw(n: int, config: CurationConfig, order: NDArray[np.integer] | None = None) -> OfflineDraw:
+    """Warm-up sample and super-batch permutation from ``default_rng(seed)`` over canonical positions."""
+    canonical = np.arange(n) if order is None else np.asarray(order, dtype=np.int64)
+    if canonical.shape != (n,) or (order is not None and not np.array_equal(np.sort(canonical), np.arange(n))):
+        raise ValueError(f"order must be a permutation of the {n} rows")
+    rng = np.random.default_rng(config.seed)
+    warmup = canonical[np.sort(rng.choice(n, size=min(n, config.warmup_samples), replace=False))]
+    batches = canonical[rng.permutation(n)]
+    position = np.empty(n, dtype=np.int64)
+    position[canonical] = np.arange(n)
+    return OfflineDraw(warmup, batches, position)
+
+
+def offline_assignment(
+    features: ArrayLike,
+    config: CurationConfig,
+    order: NDArray[np.integer] | None = None,
+    backend: Backend | None = None,
+) -> tuple[NDArray[np.float32], NDArray[np.int64], NDArray[np.int64]]:
+    """The prototypes p_k ``curate_offline`` would make, every row's c_i under them, and canonical positions."""
+    f = as_matrix("features", features)
+    draw = offline_draw(len(f), config, order)
+    prototypes = init_prototypes(f[draw.warmup], config.k, config.seed, config.kmeans_iterations)
+    return prototypes, assign_rows(f, prototypes, backend), draw.position
+
+
 def curate_offline(
     features: ArrayLike,
     config: CurationConfig,
@@ -65,15 +100,9 @@ def curate_offline(
     backend_: Backend = backend or CpuBackend()
     f = as_matrix("features", features)
     n = len(f)
-    canonical = np.arange(n) if order is None else np.asarray(order, dtype=np.int64)
-    if canonical.shape != (n,) or (order is not None and not np.array_equal(np.sort(canonical), np.arange(n))):
-        raise ValueError(f"order must be a permutation of the {n} rows")
-    rng = np.random.default_rng(config.seed)
-    warmup = canonical[np.sort(rng.choice(n, size=min(n, config.warmup_samples), replace=False))]
+    draw = offline_draw(n, config, order)
+    warmup, order, position = draw.warmup, draw.batches, draw.position
     prototypes = init_prototypes(f[warmup], config.k, config.seed, config.kmeans_iterations)
-    order = canonical[rng.permutation(n)]
-    position = np.empty(n, dtype=np.int64)
-    position[canonical] = np.arange(n)  # the dedup rule keeps the earliest row of a group in canonical order
     modes = config.modes()
     eligible = np.ones(n, dtype=bool)
     if config.dedup_epsilon is not None:

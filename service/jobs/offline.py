@@ -71,14 +71,8 @@ def run_offline_curation(
     with sessions() as session:
         run = _check_offline(session, session.get(Run, run_id), run_id)
         config = run_config(run)
-        rows, id_key = embedding_rows(session, run)
         # refused before the job starts, so a request that cannot run writes nothing (not even "failed" progress)
-        owned = getattr(rows.model, rows.key) == rows.owner
-        stored = session.scalar(select(func.count()).select_from(rows.model).where(owned)) or 0
-        if not stored:
-            raise ApiError(409, "no_embeddings", f"{rows.what} has no stored embeddings to curate (run {run_id})")
-        if stored < config.k:
-            raise ApiError(422, "cannot_curate", f"{rows.what} stores {stored} embeddings; k={config.k} needs more")
+        rows, id_key = stored_rows(session, run, config)
     recorder = ProgressRecorder(sessions, run_id, "offline_curation", progress)
     try:
         ids, features = read_unit_features(sessions, rows, lambda done, total: recorder("load", done, total))
@@ -103,6 +97,19 @@ def run_offline_curation(
         recorder.persist(recorder.snapshot("failed", 0, 0, error=f"{type(exc).__name__}: {exc}"))
         raise
     return summary
+
+
+def stored_rows(session: Session, run: Run, config: CurationConfig) -> tuple[Rows, str]:
+    """The rows offline curation reads (``embedding_rows``), or 409 ``no_embeddings`` / 422 ``cannot_curate``
+    when there are none or fewer than k."""
+    rows, id_key = embedding_rows(session, run)
+    owned = getattr(rows.model, rows.key) == rows.owner
+    stored = session.scalar(select(func.count()).select_from(rows.model).where(owned)) or 0
+    if not stored:
+        raise ApiError(409, "no_embeddings", f"{rows.what} has no stored embeddings to curate (run {run.id})")
+    if stored < config.k:
+        raise ApiError(422, "cannot_curate", f"{rows.what} stores {stored} embeddings; k={config.k} needs more")
+    return rows, id_key
 
 
 def embedding_rows(session: Session, run: Run) -> tuple[Rows, str]:
