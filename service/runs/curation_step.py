@@ -13,7 +13,7 @@ from ..errors import ApiError
 from ..models import Manifest, Run
 from ..storage.decisions import insert_decisions
 from .access import run_config
-from .modes import eligible_rows, select_online
+from .modes import eligible_rows, ensure_online, select_online
 from .prototypes import PrototypeCache, current_prototypes, remember, store_version
 
 
@@ -28,10 +28,7 @@ def curate_step(
     """Select on the manifest's super-batch, apply the Sinkhorn EMA, persist decisions and the new version; the
     answer is the curated batch. The caller holds the run lock and commits."""
     config = run_config(run)
-    if config.prototype_mode != "flat":
-        raise ApiError(
-            422, "offline_only_mode", f"prototype_mode {config.prototype_mode!r} is offline only: curate offline"
-        )
+    ensure_online(config)
     protos = current_prototypes(session, run, cache)
     if embeddings.shape[1] != protos.shape[1]:
         raise ApiError(422, "bad_width", f"embeddings have width {embeddings.shape[1]}, prototypes {protos.shape[1]}")

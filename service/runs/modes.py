@@ -28,10 +28,19 @@ from ..curation import (
     unit_rows,
     wanted_rows,
 )
+from ..errors import ApiError
 from ..models import Decision, Embedding, Run, Sample
 
 #: ``Run.progress`` key of the online controller's record
 TARGET_PROGRESS = "target_ratio"
+
+
+def ensure_online(config: CurationConfig) -> None:
+    """422 ``offline_only_mode`` for a config that only offline curation can run (balanced prototypes)."""
+    if config.prototype_mode != "flat":
+        raise ApiError(
+            422, "offline_only_mode", f"prototype_mode {config.prototype_mode!r} is offline only: curate offline"
+        )
 
 
 def epoch_counts(session: Session, run_id: int, epoch: int) -> tuple[int, int]:
