@@ -112,3 +112,28 @@ def test_dedup_validation() -> None:
         CurationConfig(dedup_same_patient=True)
     with pytest.raises(ValueError, match="dedup_epsilon"):
         CurationConfig(dedup_epsilon=0.9)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10_000), n=st.integers(1, 120), m=st.integers(0, 60), eps=st.floats(0.001, 0.2))
+def test_online_rule_leaves_no_duplicate_of_the_batch_or_memory(seed: int, n: int, m: int, eps: float) -> None:
+    rng = np.random.default_rng(seed)
+    base = rng.standard_normal((max(1, (n + m) // 4), 6))
+    rows = base[rng.integers(0, len(base), n + m)] + 0.03 * rng.standard_normal((n + m, 6))
+    rows = (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+    proto = rng.integers(0, 2, n + m)
+    memory, batch = rows[:m], rows[m:]
+    eligible = dedup_against_memory(batch, proto[m:], memory, proto[:m], eps)
+    kept = np.concatenate([memory, batch[eligible]])
+    labels = np.concatenate([proto[:m], proto[m:][eligible]])
+    pairs = duplicate_pairs(kept, labels, eps)
+    assert not (pairs.j >= m).any()  # every remaining pair is between two memory rows (kept before)
+    # a batch row left out shares its group with a memory row or a kept batch row (groups: chains of pairs)
+    everyone = duplicate_pairs(rows, proto, eps)
+    groups = duplicate_groups(n + m, everyone)
+    kept_groups = set(groups[:m]) | set(groups[m:][eligible])
+    assert {int(g) for g in groups[m:][~eligible]} <= {int(g) for g in kept_groups}
+    # and exactly one batch row is kept per group that holds no memory row
+    fresh = ~np.isin(groups[m:], groups[:m])
+    per_group = np.bincount(groups[m:][eligible & fresh], minlength=groups.max() + 1)
+    assert set(per_group[np.unique(groups[m:][fresh])].tolist()) <= {1}

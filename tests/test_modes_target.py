@@ -134,3 +134,30 @@ def test_target_ratio_validation() -> None:
         CurationConfig(target_ratio=0.9, outlier_quantile=0.8, support_quantile=0.5)
     assert CurationConfig().modes() == {}
     assert CurationConfig(target_ratio=0.2).modes() == {"target_ratio": {"target_ratio": 0.2}}
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    b=st.integers(1, 60),
+    k=st.integers(1, 5),
+    share=st.floats(0.0, 1.0),
+    sampler=st.sampled_from(["fps", "density", "random"]),
+)
+def test_planned_count_is_what_band_selection_keeps(seed: int, b: int, k: int, share: float, sampler: str) -> None:
+    """n(m) from the central counts equals select_batch's kept count at the planned (q_sup, m), on any batch."""
+    rng = np.random.default_rng(seed)
+    f = rng.standard_normal((b, 6)).astype(np.float32)
+    protos = rng.standard_normal((k, 6))
+    protos = (protos / np.linalg.norm(protos, axis=1, keepdims=True)).astype(np.float32)
+    eligible = rng.random(b) < 0.8
+    config = CurationConfig(k=k, warmup_samples=k, central_sampler=sampler, target_ratio=0.5)
+    wanted = round(share * b)
+    sel, plan = select_toward(f, protos, config, seed=seed, wanted=wanted, eligible=eligible)
+    knobs = {"max_central": plan.max_central, "support_quantile": plan.support_quantile}
+    plain = select_batch(f, protos, config.model_copy(update=knobs), seed=seed, eligible=eligible)
+    if not plain.fallback:
+        assert int(plain.keep.sum()) == plan.expected
+    assert not (sel.keep & ~eligible).any() and not sel.keep[sel.band == 0].any()
+    if plan.bound == "none" and not plain.fallback:
+        assert int(sel.keep.sum()) == wanted
