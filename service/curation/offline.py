@@ -147,6 +147,12 @@ def curate_offline(
     if config.prototype_mode == "hierarchical":
         size = round(config.target_ratio * n) if config.target_ratio is not None else int(keep.sum())
         keep = _balanced(f[warmup], f, config, size, eligible & (band != Band.OUTLIER), backend_, modes)
+        if config.target_ratio is not None:  # the balanced sample, not the controller, sets the size here
+            modes["target_ratio"] = {
+                **modes["target_ratio"],
+                "requested_size": size,
+                "achieved_ratio": float(keep.mean()),
+            }
     duplicate = None if config.dedup_epsilon is None else ~eligible
     return OfflineCuration(prototypes, prototype, distance, band, keep, batch, duplicate, modes)
 
