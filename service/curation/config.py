@@ -109,8 +109,7 @@ class CurationConfig(BaseModel):
 
     @property
     def levels(self) -> tuple[int, ...]:
-        """Clusters per level of hierarchical k-means, finest first: as given, else (n_w / 5, n_w / 50, K) for
-        n_w warm-up rows, less any level not above the next (docs/MODES.md)."""
+        """Clusters per level, finest first: as given, else (n_w/5, n_w/50, K) less levels not above K."""
         if self.hierarchy is not None:
             return self.hierarchy
         wanted = (self.warmup_samples // 5, self.warmup_samples // 50, self.k)

@@ -53,10 +53,8 @@ def duplicate_pairs(
     patient: NDArray[np.int64] | None = None,
     backend: Backend | None = None,
 ) -> DuplicatePairs:
-    """All i < j with c_i = c_j and f_i.f_j >= 1 - eps (and the same known patient when ``patient`` is given).
-
-    ``features`` are unit rows; the Gram matrix of each prototype is computed in blocks of ``PAIR_BLOCK_ROWS``.
-    """
+    """All i < j with c_i = c_j and f_i.f_j >= 1 - eps (and, given ``patient``, the same known patient)."""
+    # unit rows expected; each prototype's Gram matrix is computed in blocks of PAIR_BLOCK_ROWS a side
     backend_: Backend = backend or CpuBackend()
     f = features  # float16 stays float16: blocks are taken to float32 one at a time
     labels = np.asarray(prototype, dtype=np.int64)
@@ -132,8 +130,7 @@ def dedup_against_memory(
     memory_patient: NDArray[np.int64] | None = None,
     backend: Backend | None = None,
 ) -> NDArray[np.bool_]:
-    """Online rule: True for batch rows that may be kept, i.e. one per group of the batch's rows, none in a group
-    holding a row of the subset so far (``memory``, already kept, listed first in priority)."""
+    """Online rule: one eligible batch row per new group, none in a group with a row of the subset so far."""
     n_mem = len(memory)
     both = np.concatenate([memory, features]).astype(np.float32, copy=False) if n_mem else features
     labels = np.concatenate([memory_prototype, prototype]) if n_mem else prototype

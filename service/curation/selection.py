@@ -130,7 +130,8 @@ def select_batch(
 
     keep = ((band == Band.SUPPORT) | (band == Band.CENTRAL_KEPT)) & may_keep
     # Unreachable with a valid config (each prototype's nearest member is central and m >= 1): the paper's guard.
-    fallback = not keep.any() and bool(may_keep.any())
+    # Where near-duplicates were taken out, an empty batch is a legitimate outcome and the guard stays out of it.
+    fallback = not keep.any() and bool(may_keep.all())
     if fallback:
-        keep[:] = may_keep
+        keep[:] = True
     return Selection(prototype=assigned, distance=dist, band=band, keep=keep, fallback=fallback)

@@ -67,10 +67,8 @@ def plan_caps(
     outlier_quantile: float,
     wanted: int,
 ) -> CapPlan:
-    """(q_sup, m) keeping the count closest to ``wanted`` rows: m first, q_sup raised only when m = 1 keeps too many.
-
-    Bands are the paper's (quantiles over all rows of a prototype); only ``eligible`` rows can be kept.
-    """
+    """(q_sup, m) whose bands keep the count n(m) closest to w_t; q_sup rises only when n(1) > w_t."""
+    # bands are the paper's (quantiles over all rows of a prototype); only eligible rows count as kept
     qs = np.linspace(support_quantile, outlier_quantile, SUPPORT_STEPS + 1)[:-1]
     thresholds = grouped_quantiles(distance, prototype, k, (*qs.tolist(), outlier_quantile))
     t_sup, t_out = thresholds[:-1][:, prototype], thresholds[-1][prototype]
@@ -105,8 +103,7 @@ def settle_exact(
     size: int,
     seed: int | Sequence[int] | np.random.SeedSequence,
 ) -> tuple[NDArray[np.bool_], int]:
-    """The last move to |S| = ``size`` exactly: seeded random central rows un-kept or kept; returns the new
-    ``keep`` and the rows it could not settle (0 unless a bound stops it)."""
+    """|S| = ``size`` by seeded random central rows un-kept or kept; also the rows no central row could settle."""
     out = keep.copy()
     residual = size - int(out.sum())
     pool = np.flatnonzero(adjustable_dropped if residual > 0 else adjustable_kept)
@@ -125,8 +122,7 @@ def select_toward(
     backend: Backend | None = None,
     eligible: NDArray[np.bool_] | None = None,
 ) -> tuple[Selection, CapPlan]:
-    """``select_batch`` with the (q_sup, m) of ``plan_caps`` for ``wanted`` kept rows, then the last < K rows of
-    difference settled on seeded random central rows; everything else as configured."""
+    """``select_batch`` at ``plan_caps``' (q_sup, m) for w_t rows, the last |n(m) - w_t| < K settled on central rows."""
     backend_: Backend = backend or CpuBackend()
     f32, sq_norms = float32_rows("features", features)
     p32 = check_prototypes(prototypes, width=f32.shape[1])
