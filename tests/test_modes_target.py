@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.curation import CurationConfig, curate_offline, select_batch, select_toward, wanted_rows
+from service.curation import CurationConfig, TargetTally, curate_offline, select_batch, select_toward, wanted_rows
 from service.curation.target import capped_totals, plan_caps, settle_exact, water_level
 from service.synth.embeddings import SyntheticEmbeddings, long_tailed_embeddings
 
@@ -55,6 +55,21 @@ def test_plan_caps_by_hand() -> None:
     # wanted 2 < kept(m=1) = 5 at q_sup 0.5: q_sup rises until m = 1 keeps at most 2
     low = plan_caps(d, c, 1, everyone, 0.5, 0.9, wanted=2)
     assert low.support_quantile > 0.5 and low.max_central == 1 and low.expected <= 2 and low.bound == "none"
+    # nothing wanted: even m = 1 at the highest q_sup (0.85: t_sup = 8.65) keeps one central row and support {9}
+    floor = plan_caps(d, c, 1, everyone, 0.5, 0.9, wanted=0)
+    assert (floor.max_central, floor.expected, floor.bound) == (1, 2, "low")
+    assert floor.support_quantile == pytest.approx(0.85)
+    tally = TargetTally(0.5)
+    for plan, seen, kept in ((plan, 10, 7), (high, 10, 9), (floor, 10, 1)):
+        tally.add(plan, seen, kept)
+    assert tally.report() == {
+        "target_ratio": 0.5,
+        "achieved_ratio": 17 / 30,
+        "steps": 3,
+        "bound_hits": 2,
+        "bound_hits_low": 1,
+        "bound_hits_high": 1,
+    }
 
 
 def test_plan_matches_band_selection() -> None:
