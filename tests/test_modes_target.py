@@ -60,8 +60,8 @@ def test_plan_caps_by_hand() -> None:
     assert (floor.max_central, floor.expected, floor.bound) == (1, 2, "low")
     assert floor.support_quantile == pytest.approx(0.85)
     tally = TargetTally(0.5)
-    for plan, seen, kept in ((plan, 10, 7), (high, 10, 9), (floor, 10, 1)):
-        tally.add(plan, seen, kept)
+    for step, seen, kept in ((plan, 10, 7), (high, 10, 9), (floor, 10, 1)):
+        tally.add(step, seen, kept)
     assert tally.report() == {
         "target_ratio": 0.5,
         "achieved_ratio": 17 / 30,
