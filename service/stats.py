@@ -23,6 +23,7 @@ from .enrichment import enrichment_from_counts
 from .errors import ApiError
 from .models import Decision, PrototypeVersion, Run, Sample
 from .runs.access import in_pool, run_config
+from .runs.modes import run_modes
 from .schemas.admin import BandCounts, LabelShare, PrototypeDrift, PrototypeStats, RunStats
 from .schemas.runs import RunError
 
@@ -177,6 +178,7 @@ def run_stats(session: Session, run: Run) -> RunStats:
         model_id=run.model_id,
         checkpoint_step=run.checkpoint_step,
         progress=dict(run.progress or {}),
+        modes=run_modes(run, run_config(run)),
         error=RunError.model_validate(run.error) if run.error else None,
     )
 
@@ -284,6 +286,7 @@ def export_provenance(session: Session, run: Run) -> dict[str, Any]:
         "dataset_id": run.dataset_id,
         "embedding_set_id": run.embedding_set_id,
         "config": run.config,
+        "modes": run_modes(run, run_config(run)),
         "seed": run.seed,
         "model_id": run.model_id,
         "checkpoint_step": run.checkpoint_step,
