@@ -34,6 +34,7 @@ from .runs.schedule import init_or_record
 from .schemas.datasets import DicomScanRequest, DicomScanResult
 from .schemas.imports import ImportRequest, ImportResult
 from .schemas.tasks import TaskAccepted, TaskStatus
+from .stages import stage
 
 #: latency-critical: one curated batch per training step
 QUEUE_CURATION = "curation"
@@ -174,10 +175,13 @@ class Queued(Dispatcher):
             return super().apply_embeddings(session, run_id, manifest_id, arr, phase)
         session.close()  # do not hold a pooled connection while waiting for the worker
         ttl = max(600, int(self.settings.curation_wait_seconds * 4))
-        handover = self._broker(lambda: hand_over(self.redis, manifest_id, arr, ttl))
-        pending = self._send(TASK_CURATE, [run_id, manifest_id, handover.as_arg()])
+        with stage("hand-over"):
+            handover = self._broker(lambda: hand_over(self.redis, manifest_id, arr, ttl))
+        with stage("dispatch"):
+            pending = self._send(TASK_CURATE, [run_id, manifest_id, handover.as_arg()])
         try:
-            result: dict[str, Any] = pending.get(timeout=self.settings.curation_wait_seconds)
+            with stage("wait for worker"):
+                result: dict[str, Any] = pending.get(timeout=self.settings.curation_wait_seconds)
         except CeleryTimeout as exc:
             raise ServiceUnavailable(
                 f"no curation worker answered within {self.settings.curation_wait_seconds:g} s; the batch stays "

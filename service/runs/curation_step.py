@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from ..curation import BAND_LABELS, Backend, select_batch, unit_rows, update_prototypes
 from ..errors import ApiError
 from ..models import Manifest, Run
+from ..stages import stage
 from ..storage.decisions import insert_decisions
 from .access import run_config
 from .prototypes import PrototypeCache, current_prototypes, remember, store_version
@@ -27,29 +28,35 @@ def curate_step(
     """Select on the manifest's super-batch, apply the Sinkhorn EMA, persist decisions and the new version; the
     answer is the curated batch. The caller holds the run lock and commits."""
     config = run_config(run)
-    protos = current_prototypes(session, run, cache)
+    with stage("prototypes"):
+        protos = current_prototypes(session, run, cache)
     if embeddings.shape[1] != protos.shape[1]:
         raise ApiError(422, "bad_width", f"embeddings have width {embeddings.shape[1]}, prototypes {protos.shape[1]}")
-    features = unit_rows(embeddings)
-    selection = select_batch(features, protos, config, seed=(run.seed, manifest.epoch, manifest.step), backend=backend)
-    moved, usage = update_prototypes(protos, features[selection.keep], config, backend)
+    with stage("select"):
+        features = unit_rows(embeddings)
+        selection = select_batch(
+            features, protos, config, seed=(run.seed, manifest.epoch, manifest.step), backend=backend
+        )
+    with stage("update"):
+        moved, usage = update_prototypes(protos, features[selection.keep], config, backend)
     used = run.prototype_version
     run.step += 1
     new = store_version(session, run, moved, usage.tolist())
     remember(cache, run.id, new, moved)
-    insert_decisions(
-        session,
-        run.id,
-        np.asarray(manifest.sample_ids, dtype=np.int64),
-        manifest.epoch,
-        run.step,
-        manifest.id,
-        selection.prototype,
-        selection.distance,
-        selection.band,
-        selection.keep,
-        used,
-    )
+    with stage("decisions"):
+        insert_decisions(
+            session,
+            run.id,
+            np.asarray(manifest.sample_ids, dtype=np.int64),
+            manifest.epoch,
+            run.step,
+            manifest.id,
+            selection.prototype,
+            selection.distance,
+            selection.band,
+            selection.keep,
+            used,
+        )
     return {
         "manifest_id": manifest.id,
         "phase": "curation",
