@@ -16,14 +16,13 @@ from typing import Any
 
 import redis
 from celery import Celery
-from celery.exceptions import TimeoutError as CeleryTimeout
 from kombu.exceptions import OperationalError as BrokerDown
 from numpy.typing import NDArray
 from sqlalchemy.orm import Session, sessionmaker
 
 from .config import Settings
 from .errors import ApiError, ServiceUnavailable, from_envelope, is_envelope
-from .handover import hand_over
+from .handover import hand_over, wait_reply
 from .ingest import run_dicom_scan
 from .ingest.importer import run_import
 from .jobs.neighbours import IndexState, NeighbourIndexCache
@@ -34,7 +33,7 @@ from .runs.schedule import init_or_record
 from .schemas.datasets import DicomScanRequest, DicomScanResult
 from .schemas.imports import ImportRequest, ImportResult
 from .schemas.tasks import TaskAccepted, TaskStatus
-from .stages import stage
+from .stages import add_stages, stage
 
 #: latency-critical: one curated batch per training step
 QUEUE_CURATION = "curation"
@@ -156,6 +155,10 @@ class Queued(Dispatcher):
         super().__init__(settings, sessions)
         self.celery = make_celery(settings)
         self.redis = redis.Redis.from_url(settings.broker_url or "", socket_timeout=5)
+        #: for the blocking wait on a worker's answer, which may take up to ``curation_wait_seconds``
+        self.replies = redis.Redis.from_url(
+            settings.broker_url or "", socket_timeout=settings.curation_wait_seconds + 5
+        )
 
     def init_prototypes(self, run: Run) -> None:
         """Asked of a worker, again if an earlier request looks lost (older than ``init_redrive_seconds``)."""
@@ -178,17 +181,21 @@ class Queued(Dispatcher):
         with stage("hand-over"):
             handover = self._broker(lambda: hand_over(self.redis, manifest_id, arr, ttl))
         with stage("dispatch"):
-            pending = self._send(TASK_CURATE, [run_id, manifest_id, handover.as_arg()])
-        try:
-            with stage("wait for worker"):
-                result: dict[str, Any] = pending.get(timeout=self.settings.curation_wait_seconds)
-        except CeleryTimeout as exc:
+            self._send(TASK_CURATE, [run_id, manifest_id, handover.as_arg()])
+        with stage("wait for worker"):
+            try:
+                reply = wait_reply(self.replies, handover, self.settings.curation_wait_seconds)
+            except Exception as exc:  # broker down while waiting
+                raise ServiceUnavailable(f"waiting for the curation worker failed ({type(exc).__name__})") from exc
+        if reply is None:
             raise ServiceUnavailable(
                 f"no curation worker answered within {self.settings.curation_wait_seconds:g} s; the batch stays "
                 "queued: post the same embeddings again to get its answer"
-            ) from exc
-        except Exception as exc:  # result backend down
-            raise ServiceUnavailable(f"waiting for the curation worker failed ({type(exc).__name__})") from exc
+            )
+        add_stages(reply.get("stages", {}), "worker.")
+        if "unavailable" in reply:  # the worker lost its database or broker mid-step: nothing was committed
+            raise ServiceUnavailable(f"the curation worker could not finish the step ({reply['unavailable']})")
+        result: dict[str, Any] = reply["answer"]
         if is_envelope(result):
             raise from_envelope(result)
         return result
