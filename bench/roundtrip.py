@@ -197,8 +197,12 @@ def main() -> None:
     p50, p99 = np.percentile(trips, 50) * 1e3, np.percentile(trips, 99) * 1e3
     apply50 = float(np.median(applies)) * 1e3 if applies else float("nan")
     loop50 = float(np.median(loops)) * 1e3
-    served_total = float(np.median([sum(s.values()) for s in served])) if served else float("nan")
-    api_stages = [{k: v for k, v in s.items() if not k.startswith("wait")} for s in served]
+    own = [{k: v for k, v in s.items() if not k.startswith("worker.")} for s in served]  # the API's own stages
+    served_total = float(np.median([sum(s.values()) for s in own])) if own else float("nan")
+    api_stages = [{k: v for k, v in s.items() if not k.startswith("wait")} for s in own]
+    worker_stages = [{k[7:]: v for k, v in s.items() if k.startswith("worker.")} for s in served]
+    # the wait minus the worker's own stages: queueing, Celery's message handling, and the answer's way back
+    transport = [s.get("wait for worker", 0.0) - sum(w.values()) for s, w in zip(served, worker_stages, strict=True)]
     ok50, ok99 = p50 <= 3 * loop50, p99 <= 3 * p50
     body_md = "\n".join(
         [
@@ -232,9 +236,17 @@ def main() -> None:
             *[f"| API: {row[2:]}" for row in stage_table(api_stages)],
             *[
                 f"| API: {row[2:]}"
-                for row in stage_table([{k: v for k, v in s.items() if k.startswith("wait")} for s in served])
+                for row in stage_table([{"wait for worker": s.get("wait for worker", 0.0)} for s in own])
             ],
-            *[f"| worker step (in-process): {row[2:]}" for row in stage_table(applied_stages)],
+            *(
+                [
+                    *[f"| worker (in the round trip): {row[2:]}" for row in stage_table(worker_stages)],
+                    f"| queue, Celery and answer hand-back (wait - worker stages) | {np.median(transport):.2f} |",
+                ]
+                if any(worker_stages)
+                else []
+            ),
+            *[f"| worker step (in-process, {len(applies)} steps): {row[2:]}" for row in stage_table(applied_stages)],
             "",
             f"Reproduce: `.venv/bin/python -m bench.roundtrip --steps {args.steps}`.",
         ]
