@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from bench.baseline import loop_select, loop_update
-from bench.report import interleaved_medians, write_section
+from bench.report import interleaved_times, write_section
 from service.curation import Backend, CpuBackend, CurationConfig, init_prototypes, select_batch, update_prototypes
 from service.synth.embeddings import long_tailed_embeddings
 
@@ -31,8 +31,8 @@ def measure(
 ) -> dict[str, float]:
     """Median ms of each engine (default: the CPU backend, as ``engine``) and of the loop on ``device``.
 
-    Keys: ``{name}_ms`` and ``{name}_update_ms`` per engine, ``loop_ms``, ``loop_update_ms``, and the keep-mask
-    ``agreement`` of the first engine with the loop.
+    Keys: ``{name}_ms`` and ``{name}_update_ms`` per engine, ``loop_ms``, ``loop_update_ms`` (each also as
+    ``..._best_ms``: the fastest call), and the keep-mask ``agreement`` of the first engine with the loop.
     """
     engines = engines or {"engine": CpuBackend()}
     first = next(iter(engines))
@@ -42,6 +42,7 @@ def measure(
     protos = init_prototypes(feats[:4096], k, seed=0)
     pool = feats[4096:]
     times: dict[str, list[float]] = {}
+    best: dict[str, list[float]] = {}
     agree = []
     for b in range(batches):
         f = np.ascontiguousarray(pool[b * batch : (b + 1) * batch])
@@ -57,9 +58,12 @@ def measure(
             calls[f"{name}_update"] = lambda kept=kept, be=backend: update_prototypes(protos, kept, config, be)
         calls["loop"] = synced(lambda tf=tf, tp=tp, s=starts: loop_select(tf, tp, s), device)
         calls["loop_update"] = synced(lambda tk=tk, tp=tp: loop_update(tp, tk), device)
-        for name, t in interleaved_medians(calls, repeats).items():
-            times.setdefault(name, []).append(t)
+        for name, t in interleaved_times(calls, repeats).items():
+            times.setdefault(name, []).append(float(np.median(t)))
+            best.setdefault(name, []).append(min(t))
     out = {f"{name}_ms": 1e3 * float(np.median(t)) for name, t in times.items()}
+    # the fastest call per batch, then the median over batches: each side at its best case on the busy box
+    out |= {f"{name}_best_ms": 1e3 * float(np.median(t)) for name, t in best.items()}
     return {**out, "agreement": float(np.mean(agree))}
 
 
@@ -87,8 +91,10 @@ def main() -> None:
         r = measure(batch, dim, k, args.batches, args.repeats)
         ratio = r["engine_ms"] / r["loop_ms"]
         ok &= ratio <= BUDGET
+        best_ratio = r["engine_ms"] / r["loop_best_ms"]
         rows.append(
-            f"| B={batch}, D={dim}, K={k} | {r['engine_ms']:.2f} | {r['loop_ms']:.2f} | **{ratio:.3f}** "
+            f"| B={batch}, D={dim}, K={k} | {r['engine_ms']:.2f} | {r['engine_best_ms']:.2f} | {r['loop_ms']:.2f} "
+            f"| {r['loop_best_ms']:.2f} | **{ratio:.3f}** | {best_ratio:.3f} "
             f"| {'met' if ratio <= BUDGET else 'MISSED'} | {r['agreement']:.4%} "
             f"| {r['engine_update_ms']:.3f} | {r['loop_update_ms']:.3f} "
             f"| {r['engine_update_ms'] / r['loop_update_ms']:.2f} |"
@@ -104,9 +110,12 @@ def main() -> None:
             "(`service/synth/embeddings.py`), k-means prototypes from 4,096 warm-up rows; median over "
             f"{args.batches} super-batches x {args.repeats} interleaved calls; both on 2 threads.",
             "",
-            "| size | engine select (ms) | loop select (ms) | ratio | P1 | keep-mask agreement | engine update (ms) "
-            "| loop update (ms) | update ratio |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "The best case of each side is its fastest call per super-batch (median over super-batches); "
+            "'vs loop best' is the engine's median over the loop's best case, the stricter comparison on a busy box.",
+            "",
+            "| size | engine select (ms) | engine best (ms) | loop select (ms) | loop best (ms) | ratio | vs loop best "
+            "| P1 | keep-mask agreement | engine update (ms) | loop update (ms) | update ratio |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
             *rows,
             "",
             "Reproduce: `make bench` (or `.venv/bin/python -m bench.engine`).",
