@@ -98,8 +98,11 @@ def apply_embeddings(
             manifest.sample_ids = expected
             result = curate_step(session, run, manifest, arr, cache, backend)
             clear_failure(run)
+        with stage("flush"):  # the run's step and version, the new prototype version row
+            session.flush()
         with stage("complete"):
             complete(session, manifest.id)
+        with stage("advance"):
             manifest.acked_at, manifest.result = datetime.now(UTC), result
             advance_if_epoch_done(session, run, init)
         with stage("commit"):
