@@ -67,6 +67,42 @@ def measure(
     return {**out, "agreement": float(np.mean(agree))}
 
 
+def engine_parts(batch: int, dim: int, k: int, repeats: int) -> dict[str, float]:
+    """Median ms of each part of ``select_batch`` on one super-batch, called as it calls them (CPU backend)."""
+    from service.curation.groups import GroupIndex, grouped_quantiles
+    from service.curation.selection import nearest_prototypes
+    from service.curation.validate import check_prototypes, float32_rows
+
+    synth = long_tailed_embeddings(batch + 4096, dim, seed=1)
+    config = CurationConfig(k=k, warmup_samples=4096)
+    protos = init_prototypes(synth.features[:4096], k, seed=0)
+    f = np.ascontiguousarray(synth.features[4096:])
+    backend = CpuBackend()
+    f32, sq = float32_rows("features", f)
+    assigned, dist = nearest_prototypes(f32, sq, protos, backend)
+    t_sup, _ = grouped_quantiles(dist, assigned, k, (config.support_quantile, config.outlier_quantile))
+    central = np.flatnonzero(dist <= t_sup[assigned])
+    counts = np.bincount(assigned[central], minlength=k)
+    crowded = np.flatnonzero(counts > config.max_central)
+    layout = GroupIndex.build(central, assigned[central], k).layout(crowded)
+    first = np.zeros(len(crowded), dtype=np.intp)
+    parts: dict[str, Callable[[], object]] = {
+        "whole select_batch": lambda: select_batch(f, protos, config, (0, 0), backend),
+        "checks (features finite, prototypes unit)": lambda: (
+            float32_rows("features", f),
+            check_prototypes(protos, width=dim),
+        ),
+        "nearest prototype (B x D x K product)": lambda: nearest_prototypes(f32, sq, protos, backend),
+        "per-prototype quantiles": lambda: grouped_quantiles(
+            dist, assigned, k, (config.support_quantile, config.outlier_quantile)
+        ),
+        f"FPS ({len(crowded)} groups, {len(central)} central rows, m={config.max_central})": lambda: (
+            backend.farthest_points(f32, sq, layout, config.max_central, first)
+        ),
+    }
+    return {name: 1e3 * float(np.median(t)) for name, t in interleaved_times(parts, repeats).items()}
+
+
 def synced(fn: Callable[[], object], device: str) -> Callable[[], object]:
     """``fn`` that returns only once the device has finished its queued work (CUDA kernels run asynchronously)."""
     if not device.startswith("cuda"):
@@ -119,6 +155,21 @@ def main() -> None:
             *rows,
             "",
             "Reproduce: `make bench` (or `.venv/bin/python -m bench.engine`).",
+        ]
+    )
+    parts = engine_parts(*SIZES[0], repeats=10 * args.repeats)
+    print(parts)
+    batch, dim, k = SIZES[0]
+    body += "\n".join(
+        [
+            "",
+            "",
+            f"Where the engine's time goes at B={batch}, D={dim}, K={k} (median ms of each part called alone, "
+            f"{10 * args.repeats} interleaved calls; the parts do not add up exactly to the whole):",
+            "",
+            "| part | ms |",
+            "|---|---|",
+            *[f"| {name} | {ms:.3f} |" for name, ms in parts.items()],
         ]
     )
     write_section("P1", body)
