@@ -126,10 +126,15 @@ def stage_table(rows: list[dict[str, float]]) -> list[str]:
 
 
 def main() -> None:
+    global BATCH, DIM  # the functions above read the sizes of this run
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=100, help="timed curation round trips")
+    parser.add_argument("--batch", type=int, default=BATCH, help="rows per curated batch (the run's batch_size)")
+    parser.add_argument("--dim", type=int, default=DIM, help="embedding width")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave docs/BENCHMARKS.md alone")
     parser.add_argument("--eager", action="store_true", help="no broker or worker: the API computes (diagnosis)")
     args = parser.parse_args()
+    BATCH, DIM = args.batch, args.dim
     torch.set_num_threads(2)
     warmup = 4 * BATCH
     rows = warmup + (args.steps + 12) * BATCH
@@ -150,7 +155,7 @@ def main() -> None:
     worker = contextlib.nullcontext() if args.eager else celery_worker(env)
     with broker, uvicorn_server(env) as base, worker:
         http = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {admin}"}, timeout=120)
-        config = {"warmup_samples": warmup, "epochs": 2, "curation_epochs": 1}
+        config = {"warmup_samples": warmup, "epochs": 2, "curation_epochs": 1, "batch_size": BATCH}
         run_id = (
             http.post("/v1/runs", json={"dataset_id": dataset_id, "config": config}).raise_for_status().json()["id"]
         )
@@ -248,10 +253,12 @@ def main() -> None:
             ),
             *[f"| worker step (in-process, {len(applies)} steps): {row[2:]}" for row in stage_table(applied_stages)],
             "",
-            f"Reproduce: `.venv/bin/python -m bench.roundtrip --steps {args.steps}`.",
+            "Reproduce: `.venv/bin/python -m bench.roundtrip --steps "
+            f"{args.steps}{'' if (BATCH, DIM) == (640, 1024) else f' --batch {BATCH} --dim {DIM}'}`.",
         ]
     )
-    write_section("P2", body_md)
+    if not args.no_write:
+        write_section("P2", body_md)
     print(body_md)
     with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
