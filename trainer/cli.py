@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -169,6 +170,13 @@ def train_command(
         raise typer.Exit(2) from exc
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every rank returns a summary; rank 0 reports
         typer.echo(json.dumps(summary.to_dict()))
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # The work is done, saved and the process group destroyed. A torchrun worker skips interpreter teardown:
+        # there a C++ thread of the gloo backend taking the GIL can abort the process ("terminate called without
+        # an active exception", seen once in CI on a run that had finished), and torchrun reports a failed run.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from torch import nn
 from .checkpoint import LATEST, load_checkpoint, save_checkpoint
 from .client import ServiceClient, ServiceError
 from .data import Batch, ImageTransform, encode_batch, tokenize
-from .distributed import World, broadcast_object, cleanup, gather_objects, gather_rows, init_distributed
+from .distributed import World, barrier, broadcast_object, cleanup, gather_objects, gather_rows, init_distributed
 from .loss import clip_loss
 from .model import ClipModel, build_model
 from .prefetch import BackgroundAcks, ManifestFeed, Prefetcher
@@ -499,6 +499,7 @@ def _session(config: TrainConfig) -> Iterator[tuple[World, ServiceClient | None]
     client = ServiceClient(config.api, config.token, retry_for=config.retry_for) if world.is_main else None
     try:
         yield world, client
+        barrier()  # no rank tears its group down while another's last collective is still in flight
     finally:
         if client is not None:
             client.close()
