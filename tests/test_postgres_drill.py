@@ -19,7 +19,6 @@ import httpx
 import numpy as np
 import psycopg
 import pytest
-import redis
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -28,7 +27,7 @@ from service.db import make_engine, session_factory
 from service.launcher import start_worker
 from service.migrate import upgrade
 from service.models import Embedding
-from tests.conftest import REDIS_URL
+from tests.conftest import stack_environment
 from tests.runs_helpers import Trainer, assert_run_complete, encode, make_dataset, npz
 from tests.servers import PrivatePostgres, private_postgres, uvicorn_server
 
@@ -58,13 +57,7 @@ def sessions(drill_url: str) -> Iterator[sessionmaker[Session]]:
 
 @pytest.fixture
 def drill_env(drill_url: str) -> dict[str, str]:
-    redis.Redis.from_url(REDIS_URL).flushdb()
-    return {
-        "CHEX_DATABASE_URL": drill_url,
-        "CHEX_BROKER_URL": REDIS_URL,
-        "CHEX_CURATION_WAIT_SECONDS": "4",
-        "CHEX_INIT_REDRIVE_SECONDS": "3",
-    }
+    return stack_environment(drill_url)
 
 
 def blocked_writer(url: str, timeout: float = 60.0) -> str:
