@@ -181,7 +181,7 @@ class Queued(Dispatcher):
         with stage("hand-over"):
             handover = self._broker(lambda: hand_over(self.redis, manifest_id, arr, ttl))
         with stage("dispatch"):
-            self._send(TASK_CURATE, [run_id, manifest_id, handover.as_arg()])
+            self._send(TASK_CURATE, [run_id, manifest_id, handover.as_arg()], ignore_result=True)
         with stage("wait for worker"):
             try:
                 reply = wait_reply(self.replies, handover, self.settings.curation_wait_seconds)
@@ -272,9 +272,11 @@ class Queued(Dispatcher):
         except Exception:  # broker gone between the checks
             return False
 
-    def _send(self, name: str, args: list[Any]) -> Any:
+    def _send(self, name: str, args: list[Any], ignore_result: bool = False) -> Any:
+        """Send a task by name; ``ignore_result``: its answer comes another way, so the API neither subscribes to
+        a result channel for it (one per task, never released) nor has the worker store one."""
         try:
-            return self.celery.send_task(name, args=args)
+            return self.celery.send_task(name, args=args, ignore_result=ignore_result)
         except BrokerDown as exc:
             raise ServiceUnavailable(f"the task broker cannot be reached ({exc})") from exc
 
