@@ -16,8 +16,9 @@ venv: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+# make demo SERVE=1: then keep serving the demo's run in the explorer (/ui)
 demo: $(STAMP)
-	$(BIN)/chexcurate demo
+	$(BIN)/chexcurate demo $(if $(SERVE),--serve)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.engine

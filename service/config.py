@@ -60,6 +60,8 @@ class Settings(BaseSettings):
     write_chunk_rows: int = Field(50_000, ge=1)
     #: where per-run FAISS neighbour indexes are kept; shared by the API and the workers (a volume in compose)
     neighbour_index_dir: Path = Path(tempfile.gettempdir()) / "chexcurate-neighbours"
+    #: the explorer's thumbnails and embedding maps; shared by the API and the workers like the neighbour indexes
+    explorer_cache_dir: Path = Path(tempfile.gettempdir()) / "chexcurate-explorer"
 
     @field_validator("allowed_roots", mode="before")
     @classmethod

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from .config import Settings
 from .errors import ApiError, ServiceUnavailable, from_envelope, is_envelope
+from .explorer.embedding_map import cached_map, make_map, map_path
 from .handover import hand_over, wait_reply
 from .ingest import run_dicom_scan
 from .ingest.importer import run_import
@@ -46,7 +47,15 @@ TASK_DICOM_SCAN = "chexcurate.dicom_scan"
 TASK_OFFLINE = "chexcurate.offline_curation"
 TASK_NEIGHBOUR_INDEX = "chexcurate.neighbour_index"
 TASK_IMPORT = "chexcurate.dataset_import"
-REFRESH_TASKS = (TASK_INIT_PROTOTYPES, TASK_DICOM_SCAN, TASK_OFFLINE, TASK_NEIGHBOUR_INDEX, TASK_IMPORT)
+TASK_EMBEDDING_MAP = "chexcurate.embedding_map"
+REFRESH_TASKS = (
+    TASK_INIT_PROTOTYPES,
+    TASK_DICOM_SCAN,
+    TASK_OFFLINE,
+    TASK_NEIGHBOUR_INDEX,
+    TASK_IMPORT,
+    TASK_EMBEDDING_MAP,
+)
 
 
 def make_celery(settings: Settings, include: tuple[str, ...] = ()) -> Celery:
@@ -140,6 +149,10 @@ class Dispatcher:
         """The run's current neighbour index, built here if it is not yet."""
         return self.neighbour_indexes.get(self.sessions, run_id)
 
+    def embedding_map(self, run_id: int) -> dict[str, Any] | TaskAccepted:
+        """The run's embedding map (explorer), made here if it is not cached yet."""
+        return make_map(self.sessions, run_id, self.settings.explorer_cache_dir)
+
     def task_status(self, task_id: str) -> TaskStatus:
         raise ApiError(404, "no_workers", "this deployment runs tasks in-process: there are no background tasks")
 
@@ -219,22 +232,35 @@ class Queued(Dispatcher):
 
     def neighbour_index(self, run_id: int) -> IndexState | TaskAccepted:
         """The run's current index when a worker has built it (or it is in memory); else the (shared) task
-        building it. A build that failed over these very rows is a 409 naming why, not 202 for ever."""
+        building it."""
         key, state = self.neighbour_indexes.cached(self.sessions, run_id)
         if state is not None:
             return state
         task_key = f"chex:neighbour-index:{key.filename('task')}"
-        accepted = self._submit_once(TASK_NEIGHBOUR_INDEX, [run_id], task_key)
+        return self._shared_task(TASK_NEIGHBOUR_INDEX, run_id, task_key, "index_failed", "neighbour index")
+
+    def embedding_map(self, run_id: int) -> dict[str, Any] | TaskAccepted:
+        """The cached map of the run's current rows, or the (shared) worker task making it."""
+        found = cached_map(self.sessions, run_id, self.settings.explorer_cache_dir)
+        if found is not None:
+            return found
+        task_key = f"chex:embedding-map:{map_path(self.sessions, run_id, self.settings.explorer_cache_dir).name}"
+        return self._shared_task(TASK_EMBEDDING_MAP, run_id, task_key, "map_failed", "embedding map")
+
+    def _shared_task(self, name: str, run_id: int, task_key: str, code: str, what: str) -> TaskAccepted:
+        """The task making the run's ``what`` from its current rows, shared by every caller (``task_key`` names
+        those rows). A task that failed over these very rows is a 409 ``code`` naming why, not 202 for ever."""
+        accepted = self._submit_once(name, [run_id], task_key)
         done = self.task_status(accepted.task_id)
         if done.state == "FAILURE":
             # Asking again would only fail again: say why instead. Other rows (e.g. after a repair) get a new key.
             error = done.error or {}
-            if not is_envelope(error):  # the task itself broke (not the rows): the next ask starts a new build
+            if not is_envelope(error):  # the task itself broke (not the rows): the next ask starts a new one
                 self._forget(task_key)
             raise ApiError(
                 409,
-                "index_failed",
-                f"building run {run_id}'s neighbour index failed: {error.get('error')}: {error.get('detail')}",
+                code,
+                f"building run {run_id}'s {what} failed: {error.get('error')}: {error.get('detail')}",
                 reason=error,
             )
         return accepted

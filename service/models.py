@@ -206,6 +206,8 @@ class Decision(Base):
     __table_args__ = (
         UniqueConstraint("run_id", "epoch", "sample_id", name="uq_decisions_sample"),
         Index("ix_decisions_run_kept", "run_id", "kept"),
+        # the explorer's gallery: one band and prototype of an epoch, read in sample order (keyset pagination)
+        Index("ix_decisions_gallery", "run_id", "epoch", "band", "prototype", "sample_id"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -231,3 +233,16 @@ class Token(Base):
     run_ids: Mapped[list[Any]] = mapped_column(default=list)  # trainer scope
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class UiSession(Base):
+    """A browser signed in to the explorer (/ui) with an admin token: the cookie's secret is stored as SHA-256."""
+
+    __tablename__ = "ui_sessions"
+    __table_args__ = (Index("ix_ui_sessions_expires", "expires_at"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    token_id: Mapped[int] = mapped_column(ForeignKey("tokens.id", ondelete="CASCADE"))
+    csrf: Mapped[str] = mapped_column(String(64))  # echoed by every state-changing form
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column()

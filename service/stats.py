@@ -23,6 +23,7 @@ from .enrichment import enrichment_from_counts
 from .errors import ApiError
 from .models import Decision, PrototypeVersion, Run, Sample
 from .runs.access import in_pool, run_config
+from .runs.modes import run_modes
 from .schemas.admin import BandCounts, LabelShare, PrototypeDrift, PrototypeStats, RunStats
 from .schemas.runs import RunError
 
@@ -134,8 +135,8 @@ def label_enrichment(session: Session, run: Run, samples_total: int, subset_size
     }
 
 
-def run_stats(session: Session, run: Run) -> RunStats:
-    config = run_config(run)
+def subset_figures(session: Session, run: Run) -> tuple[int, int, int, float]:
+    """``(pool size, samples seen, subset size, subset ratio)`` over the curation epochs."""
     samples_total = session.scalar(select(func.count()).where(*in_pool(run)))
     seen, subset = session.execute(
         select(
@@ -144,7 +145,16 @@ def run_stats(session: Session, run: Run) -> RunStats:
         ).where(*_curated(run))
     ).one()
     total = int(samples_total or 0)
-    ratio = min(1.0, subset / total) if total else 0.0
+    return total, int(seen), int(subset), (min(1.0, subset / total) if total else 0.0)
+
+
+def run_compute_fraction(run: Run, ratio: float) -> float:
+    config = run_config(run)
+    return compute_fraction(ratio, config.epochs, config.curation_epochs)
+
+
+def run_stats(session: Session, run: Run) -> RunStats:
+    total, seen, subset, ratio = subset_figures(session, run)
     latest = _version(session, run, newest=True)
     first, last = curation_window(run)
     return RunStats(
@@ -159,7 +169,7 @@ def run_stats(session: Session, run: Run) -> RunStats:
         subset_size=int(subset),
         subset_ratio=ratio,
         subset_complete=run.phase in ("subset", "done"),
-        compute_fraction=compute_fraction(ratio, config.epochs, config.curation_epochs),
+        compute_fraction=run_compute_fraction(run, ratio),
         band_counts=band_counts(session, run),
         prototypes=prototype_stats(session, run, latest),
         prototype_drift=prototype_drift(_version(session, run, newest=False), latest),
@@ -168,6 +178,7 @@ def run_stats(session: Session, run: Run) -> RunStats:
         model_id=run.model_id,
         checkpoint_step=run.checkpoint_step,
         progress=dict(run.progress or {}),
+        modes=run_modes(run, run_config(run)),
         error=RunError.model_validate(run.error) if run.error else None,
     )
 
@@ -275,6 +286,7 @@ def export_provenance(session: Session, run: Run) -> dict[str, Any]:
         "dataset_id": run.dataset_id,
         "embedding_set_id": run.embedding_set_id,
         "config": run.config,
+        "modes": run_modes(run, run_config(run)),
         "seed": run.seed,
         "model_id": run.model_id,
         "checkpoint_step": run.checkpoint_step,

@@ -122,7 +122,75 @@ def test_demo_runs_service_trainer_and_eval_end_to_end(tmp_path: Path) -> None:
     for share in (summary["near_duplicates"], summary["noisy_pairs"]):
         assert 0 <= share["subset_share"] <= 1 and 0 <= share["dataset_share"] < 1
     assert "what the subset keeps" in result.stdout
+    assert "chexcurate demo --serve" in result.output  # the explorer's hint
+    assert summary["files"]["database"].startswith("sqlite:///")
     assert (tmp_path / "stats.png").read_bytes()[:4] == b"\x89PNG"
     lines = (tmp_path / "subset.jsonl").read_text().splitlines()
     assert "provenance" in json.loads(lines[0]) and len(lines) == summary["subset_size"] + 1
     assert (tmp_path / "trainer" / "latest.pt").exists()
+
+
+def test_demo_serve_opens_the_explorer_on_the_demos_database(tmp_path: Path, monkeypatch, capsys) -> None:
+    """``--serve``: the demo's SQLite database behind the explorer, with a printed admin token that signs in (the
+    server itself is captured instead of run, so the test does not block)."""
+    import re
+
+    import uvicorn
+    from fastapi.testclient import TestClient
+
+    from service.cli.demo import _serve_explorer
+    from service.migrate import upgrade
+
+    url = f"sqlite:///{tmp_path / 'demo.db'}"
+    upgrade(url)
+    served: dict = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: served.update(app=app, **options))
+    _serve_explorer(url, 18765)
+    printed = capsys.readouterr().err
+    assert "http://127.0.0.1:18765/ui" in printed and served["port"] == 18765
+    token = re.search(r"chx_[\w-]+", printed).group(0)
+    with TestClient(served["app"]) as browser:
+        form = browser.get("/ui/login")
+        csrf = re.search(r'name="csrf" value="([^"]+)"', form.text).group(1)
+        assert browser.post("/ui/login", data={"token": token, "csrf": csrf}).status_code == 200  # to /ui/runs
+        assert "No runs yet" in browser.get("/ui/runs").text
+
+
+def test_curate_with_modes_names_them_in_summary_and_provenance(embeddings: Path, tmp_path: Path) -> None:
+    out = tmp_path / "modes.jsonl"
+    args = ["curate", str(embeddings), "--out", str(out), "--warmup-samples", "500", "--target-ratio", "0.25"]
+    args += ["--dedup-epsilon", "0.01", "--prototype-mode", "hierarchical", "--hierarchy", "50,6"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["subset_size"] == 750 and set(summary["modes"]) == {"target_ratio", "dedup", "hierarchical"}
+    assert summary["modes"]["dedup"]["removed"] > 0 and summary["modes"]["hierarchical"]["levels"] == [50, 6]
+    provenance = json.loads(Path(str(out) + ".provenance.json").read_text())
+    assert provenance["modes"] == summary["modes"] and provenance["config"]["target_ratio"] == 0.25
+
+
+def test_curate_refuses_bad_modes(embeddings: Path, tmp_path: Path) -> None:
+    out = str(tmp_path / "a.jsonl")
+    cases = [
+        (["--target-ratio", "1.5"], "target_ratio"),
+        (["--dedup-same-patient"], "dedup_same_patient needs dedup_epsilon"),
+        (["--dedup-epsilon", "0.01", "--dedup-same-patient"], "needs a patient_id array"),
+        (["--prototype-mode", "hierarchical", "--hierarchy", "6,x"], "comma-separated integers"),
+    ]
+    for extra, message in cases:
+        result = runner.invoke(app, ["curate", str(embeddings), "--out", out, *extra])
+        assert result.exit_code == 2, extra
+        assert message in result.output, result.output
+    assert not Path(out).exists()
+
+
+def test_dedup_sweep_reports_pairs_and_examples_per_eps(embeddings: Path) -> None:
+    result = runner.invoke(app, ["dedup-sweep", str(embeddings), "--eps", "0.0001", "--eps", "0.01", "--examples", "2"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    small, large = report["sweep"]
+    assert small["epsilon"] == 0.0001 and large["epsilon"] == 0.01
+    assert 0 <= small["pairs"] <= large["pairs"] and large["removed"] > 0 and len(large["examples"]) == 2
+    assert all(e["cosine"] >= 0.99 for e in large["examples"])
+    bad = runner.invoke(app, ["dedup-sweep", str(embeddings), "--eps", "0.9"])
+    assert bad.exit_code == 2 and "--eps values" in bad.output

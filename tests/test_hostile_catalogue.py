@@ -759,6 +759,11 @@ CASES: dict[str, Case] = {
     "index_of_unknown_run": Case("POST", "/v1/runs/999999/neighbour-index", lambda w: {}, 404, "unknown_run"),
     "offline_of_unknown_run": Case("POST", "/v1/runs/999999/offline", lambda w: {}, 404, "unknown_run"),
     "offline_of_run_without_embeddings": Case("POST", "/v1/runs/{W}/offline", lambda w: {}, 409, "no_embeddings"),
+    "dedup_sweep_of_unknown_run": Case("POST", "/v1/runs/999999/dedup-sweep", as_json({}), 404, "unknown_run"),
+    "dedup_sweep_without_embeddings": Case("POST", "/v1/runs/{W}/dedup-sweep", as_json({}), 409, "no_embeddings"),
+    "dedup_sweep_epsilon_1": Case(
+        "POST", "/v1/runs/{W}/dedup-sweep", as_json({"epsilons": [1.0]}), 422, "invalid_request"
+    ),
     "repair_excluding_foreign_sample": Case(
         "POST", "/v1/runs/{S}/repair", lambda w: {"json": {"exclude_samples": [w.ids["sB"]]}}, 404, "unknown_samples"
     ),

@@ -20,12 +20,14 @@ from service.config import get_settings
 from service.dispatch import (
     TASK_CURATE,
     TASK_DICOM_SCAN,
+    TASK_EMBEDDING_MAP,
     TASK_IMPORT,
     TASK_INIT_PROTOTYPES,
     TASK_NEIGHBOUR_INDEX,
     TASK_OFFLINE,
 )
 from service.errors import ApiError, is_envelope, to_envelope
+from service.explorer.embedding_map import make_map
 from service.handover import Handover, drop, send_reply, take
 from service.jobs.dataset_import import import_dataset
 from service.jobs.dicom_scan import scan_dataset
@@ -175,3 +177,15 @@ def neighbour_index(run_id: int) -> dict[str, Any]:
         "dim": index.dim,
         "max_step": index.key.max_step,
     }
+
+
+@app.task(name=TASK_EMBEDDING_MAP, bind=True)
+@answers_errors
+def embedding_map(self: Task, run_id: int) -> dict[str, Any]:
+    """Make the run's embedding map (PCA, explorer) into the shared cache; the answer says how many points."""
+
+    def progress(stage: str) -> None:
+        self.update_state(state="PROGRESS", meta={"stage": stage})
+
+    answer = make_map(worker_state().sessions, run_id, get_settings().explorer_cache_dir, progress)
+    return {"run_id": run_id, "rows": answer["rows"], "shown": answer["shown"]}

@@ -11,6 +11,7 @@ from . import router
 from .body import BodyLimit
 from .errors import install_error_handlers
 from .metrics import install_metrics
+from .ui import install_ui
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -26,6 +27,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.dispatcher = make_dispatcher(settings, app.state.sessions)
     install_error_handlers(app, settings.retry_after_seconds)
     app.include_router(router)
+    install_ui(app)
     # added before the metrics middleware, so it runs inside it and refused bodies are counted too
     app.add_middleware(BodyLimit, limits=settings.body_limits())
     install_metrics(app, app.state.sessions)

@@ -15,10 +15,11 @@ from ..config import Settings
 from ..curation.config import MAX_BATCH_SIZE
 from ..errors import ApiError
 from ..models import Manifest, Sample
-from ..runs.access import load_run, lock_run
+from ..runs.access import load_run, lock_run, run_config
 from ..runs.exclusions import exclude_from_run, excluded_from_run
 from ..runs.failures import ensure_runnable
 from ..runs.leasing import claim, complete, holds_live_lease, next_lease_expiry
+from ..runs.modes import ensure_online
 from ..runs.posts import find_manifest, manifest_phase, open_manifest, run_width
 from ..runs.schedule import advance_if_epoch_done
 from ..schemas.runs import (
@@ -82,6 +83,7 @@ def next_manifest(
     ``run_failed`` naming the step that failed and why."""
     run = lock_run(session, run_id)
     ensure_runnable(run)
+    ensure_online(run_config(run))
     if body is not None:
         run.model_id = body.model_id or run.model_id
         run.checkpoint_step = body.checkpoint_step if body.checkpoint_step is not None else run.checkpoint_step

@@ -17,16 +17,15 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response, status
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from ..config import Settings
-from ..curation import BAND_LABELS
 from ..dispatch import Dispatcher
 from ..errors import ApiError
+from ..explorer.sample import latest_decisions
 from ..jobs.neighbours import IndexState, neighbours
-from ..models import Decision, Embedding, Sample
+from ..models import Embedding, Sample
 from ..runs.access import load_run
-from ..schemas.neighbours import DecisionOut, IndexOut, NeighbourOut, NeighboursOut
+from ..schemas.neighbours import IndexOut, NeighbourOut, NeighboursOut
 from ..schemas.tasks import TaskAccepted
 from .deps import AdminDep, DispatcherDep, RunId, SampleId, SessionDep, SettingsDep
 
@@ -111,7 +110,7 @@ def sample_neighbours(
         raise ApiError(404, "no_embedding", f"sample {sample_id} has no stored embedding in run {run_id}") from None
     ids = [sample_id, *(i for i, _ in hits)]
     samples = {s.id: s for s in session.scalars(select(Sample).where(Sample.id.in_(ids)))}
-    decisions = _latest_decisions(session, run_id, ids)
+    decisions = latest_decisions(session, run_id, ids)
     return NeighboursOut(
         run_id=run_id,
         sample_id=sample_id,
@@ -132,24 +131,3 @@ def sample_neighbours(
             if i in samples  # a sample deleted since the index was built is left out, not a 500
         ],
     )
-
-
-def _latest_decisions(session: Session, run_id: int, sample_ids: list[int]) -> dict[int, DecisionOut]:
-    rows = session.scalars(
-        select(Decision)
-        .where(Decision.run_id == run_id, Decision.sample_id.in_(sample_ids))
-        .order_by(Decision.sample_id, Decision.epoch.desc(), Decision.step.desc())
-    )
-    latest: dict[int, DecisionOut] = {}
-    for d in rows:
-        if d.sample_id not in latest:
-            latest[d.sample_id] = DecisionOut(
-                epoch=d.epoch,
-                step=d.step,
-                band=BAND_LABELS[d.band],
-                prototype=d.prototype,
-                distance=d.distance,
-                kept=d.kept,
-                prototype_version=d.prototype_version,
-            )
-    return latest

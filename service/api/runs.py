@@ -4,19 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Response, status
+from fastapi import APIRouter, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ..errors import ApiError
-from ..models import EpochItem, Run, RunExclusion
-from ..runs.access import load_run, lock_run
+from ..jobs.dedup_sweep import sweep_run
+from ..models import Run, RunExclusion
+from ..runs.access import epoch_progress, load_run, lock_run
 from ..runs.create import new_run
 from ..runs.exclusions import check_in_dataset, exclude_from_run
 from ..runs.failures import clear_failure
 from ..runs.schedule import advance_if_epoch_done, reinit_prototypes
-from ..schemas.runs import ExclusionEntry, RepairRequest, RunCreate, RunOut
+from ..schemas.runs import DedupSweepRequest, ExclusionEntry, RepairRequest, RunCreate, RunOut
 from ..schemas.tasks import TaskAccepted
 from .deps import AdminDep, DispatcherDep, RunAccessDep, RunId, SessionDep
 
@@ -38,11 +39,7 @@ def list_runs(session: SessionDep, _: AdminDep) -> list[Run]:
 
 
 def _run_out(session: Session, run: Run) -> RunOut:
-    size, done = session.execute(
-        select(func.count(), func.count().filter(EpochItem.state == "done")).where(
-            EpochItem.run_id == run.id, EpochItem.epoch == run.epoch
-        )
-    ).one()
+    size, done = epoch_progress(session, run)
     return RunOut.model_validate(run).model_copy(update={"epoch_size": size, "epoch_done": done})
 
 
@@ -85,6 +82,15 @@ def repair_run(
     advance_if_epoch_done(session, run, dispatcher.init_prototypes)
     session.commit()
     return _run_out(session, run)
+
+
+@router.post("/{run_id}/dedup-sweep", response_model=dict[str, Any])
+async def dedup_sweep(run_id: RunId, body: DedupSweepRequest, request: Request, _: AdminDep) -> dict[str, Any]:
+    """Per eps: the near-duplicate pairs and rows that `dedup_epsilon` would remove from the run's stored
+    embeddings (offline's prototypes and rows), with the least similar pairs that count. Writes nothing."""
+    return await run_in_threadpool(
+        sweep_run, request.app.state.sessions, run_id, body.epsilons, body.same_patient, body.examples
+    )
 
 
 @router.post(

@@ -30,6 +30,8 @@ def subset_table(title: str, rows_label: str, rows: int, summary: dict[str, Any]
     table.add_row("compute fraction (vs full data)", f"{summary['compute_fraction']:.2%}")
     for band, count in summary["band_counts"].items():
         table.add_row(f"band {band}", str(count))
+    for mode, figures in summary.get("modes", {}).items():
+        table.add_row(f"mode {mode}", ", ".join(f"{k}={v}" for k, v in figures.items()))
     return table
 
 

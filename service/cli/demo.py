@@ -26,6 +26,10 @@ def demo(
     max_central: Annotated[int, typer.Option(min=1, help="central rows kept per prototype and super-batch")] = 2,
     seed: Annotated[int, typer.Option(min=0)] = 0,
     progress: Annotated[bool, typer.Option(help="progress bars")] = True,
+    serve: Annotated[
+        bool, typer.Option("--serve", help="then keep serving the demo's run in the explorer (/ui) until Ctrl-C")
+    ] = False,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="the explorer's port with --serve")] = 8000,
 ) -> None:
     """The whole path on the embedded defaults: synthetic CXR set → service (SQLite) → trainer → subset → eval.
 
@@ -33,7 +37,8 @@ def demo(
     with tasks in-process, registers the set, creates a run and trains the tiny CLIP model on CPU with
     ``chexcurate-train`` (warm-up → one curation epoch → the rest on the curated subset), then prints what the
     subset keeps and the zero-shot AUC on the held-out split. Files: OUT_DIR/stats.png (the service's plot),
-    subset.jsonl, trainer/latest.pt. The last stdout line is the summary as JSON.
+    subset.jsonl, trainer/latest.pt. The last stdout line is the summary as JSON. With ``--serve`` the service then
+    goes on serving the demo's database, and the explorer's URL and a sign-in token are printed.
     """
     from ..demo import DemoOptions, run_demo
 
@@ -55,6 +60,29 @@ def demo(
         raise fail(escape(str(exc))) from exc
     _print_demo(summary)
     typer.echo(json.dumps(summary))
+    if serve:
+        _serve_explorer(summary["files"]["database"], port)
+    else:
+        console.print(
+            f"explore run {summary['run_id']} in a browser: [bold]chexcurate demo --serve[/] (or make demo SERVE=1), "
+            "then open the /ui URL it prints"
+        )
+
+
+def _serve_explorer(database_url: str, port: int) -> None:
+    """The demo's database served on ``port`` with tasks in-process, until Ctrl-C; prints the explorer's URL."""
+    import uvicorn
+
+    from ..api.app import create_app
+    from ..auth import create_token
+    from ..config import Settings
+
+    settings = Settings(database_url=database_url, broker_url=None)
+    app = create_app(settings)
+    with app.state.sessions() as session:
+        token = create_token(session, "demo-explorer", "admin")
+    console.print(f"explorer: [bold]http://127.0.0.1:{port}/ui[/] (sign in with the admin token {token}); Ctrl-C stops")
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
 
 def _print_demo(summary: dict[str, Any]) -> None:

@@ -7,11 +7,22 @@ Notation follows the paper (docs/ENGINE.md): features f_i, prototypes p_k, assig
 
 from .backend import Backend, CpuBackend, TorchBackend, default_backend
 from .budget import compute_fraction
-from .config import CentralSampler, CurationConfig
+from .config import CentralSampler, CurationConfig, PrototypeMode
+from .dedup import (
+    DuplicatePairs,
+    SweepPoint,
+    dedup_against_memory,
+    dedup_keep,
+    duplicate_pairs,
+    epsilon_sweep,
+    patient_codes,
+)
 from .features import curation_features, stored_unit_rows, unit_rows
+from .hierarchy import Hierarchy, balanced_sample, hierarchical_kmeans
 from .kmeans import init_prototypes
-from .offline import OfflineCuration, curate_offline
-from .selection import BAND_LABELS, Band, Selection, select_batch
+from .offline import OfflineCuration, curate_offline, offline_assignment
+from .selection import BAND_LABELS, Band, Selection, assign_rows, select_batch
+from .target import CapPlan, TargetTally, plan_caps, select_toward, wanted_rows
 from .update import sinkhorn, update_prototypes
 from .validate import check_prototypes
 
@@ -19,7 +30,24 @@ __all__ = [
     "BAND_LABELS",
     "Backend",
     "Band",
+    "CapPlan",
+    "assign_rows",
+    "DuplicatePairs",
+    "Hierarchy",
+    "SweepPoint",
+    "TargetTally",
+    "balanced_sample",
+    "dedup_against_memory",
+    "dedup_keep",
+    "duplicate_pairs",
+    "epsilon_sweep",
+    "hierarchical_kmeans",
+    "plan_caps",
+    "select_toward",
+    "wanted_rows",
     "CentralSampler",
+    "PrototypeMode",
+    "patient_codes",
     "CurationConfig",
     "CpuBackend",
     "OfflineCuration",
@@ -28,6 +56,7 @@ __all__ = [
     "check_prototypes",
     "compute_fraction",
     "curate_offline",
+    "offline_assignment",
     "curation_features",
     "default_backend",
     "init_prototypes",

@@ -15,6 +15,8 @@ from .groups import GroupIndex, grouped_quantiles, padded_buckets
 from .samplers import density_rows, random_rows
 from .validate import check_prototypes, float32_rows
 
+#: rows per block of ``assign_rows``
+ASSIGN_BLOCK_ROWS = 1 << 16
 #: padding rows a Gram bucket may carry before a separate batched product is cheaper (at D ~ 1024)
 BUCKET_PADDING_ROWS = 256
 
@@ -67,16 +69,30 @@ def nearest_prototypes(
     return assigned.astype(np.int64), np.sqrt(np.maximum(sq, 0).astype(np.float64))
 
 
+def assign_rows(features: ArrayLike, prototypes: ArrayLike, backend: Backend | None = None) -> NDArray[np.int64]:
+    """c_i = argmin_k ||f_i - p_k|| for any rows and centroids (unit or not; float16 rows in float32 blocks)."""
+    rows = np.asarray(features)
+    p32 = np.ascontiguousarray(prototypes, dtype=np.float32)
+    out = np.empty(len(rows), dtype=np.int64)
+    for start in range(0, len(rows), ASSIGN_BLOCK_ROWS):
+        f32, sq_norms = float32_rows("features", rows[start : start + ASSIGN_BLOCK_ROWS])
+        out[start : start + len(f32)] = nearest_prototypes(f32, sq_norms, p32, backend or CpuBackend())[0]
+    return out
+
+
 def select_batch(
     features: ArrayLike,
     prototypes: ArrayLike,
     config: CurationConfig,
     seed: int | Sequence[int],
     backend: Backend | None = None,
+    eligible: NDArray[np.bool_] | None = None,
 ) -> Selection:
     """Assign each f_i to its nearest p_k, band it by per-prototype quantiles of d, cap central rows.
 
     ``seed`` (an int or a sequence such as ``(run_seed, epoch, step)``) drives the sampler's randomness.
+    ``eligible`` (default: all) marks the rows that may be kept: the others are banded like every row but never
+    kept, and do not take central slots (near-duplicates, docs/MODES.md).
     """
     backend_: Backend = backend or CpuBackend()
     f32, sq_norms = float32_rows("features", features)
@@ -87,10 +103,11 @@ def select_batch(
 
     assigned, dist = nearest_prototypes(f32, sq_norms, p32, backend_)
     t_sup, t_out = grouped_quantiles(dist, assigned, k, (config.support_quantile, config.outlier_quantile))
-    central = dist <= t_sup[assigned]
+    may_keep = np.ones(len(f32), dtype=bool) if eligible is None else np.asarray(eligible, dtype=bool)
     band = np.full(len(f32), Band.SUPPORT, dtype=np.int8)
     band[dist > t_out[assigned]] = Band.OUTLIER
-    band[central] = Band.CENTRAL_DROPPED
+    band[dist <= t_sup[assigned]] = Band.CENTRAL_DROPPED
+    central = (band == Band.CENTRAL_DROPPED) & may_keep
 
     central_rows = np.flatnonzero(central)
     central_counts = np.bincount(assigned[central_rows], minlength=k)
@@ -111,9 +128,10 @@ def select_batch(
                 layout = index.layout(crowded[bucket])
                 band[density_rows(f32, sq_norms, layout, m, config.density_neighbors, backend_)] = Band.CENTRAL_KEPT
 
-    keep = (band == Band.SUPPORT) | (band == Band.CENTRAL_KEPT)
+    keep = ((band == Band.SUPPORT) | (band == Band.CENTRAL_KEPT)) & may_keep
     # Unreachable with a valid config (each prototype's nearest member is central and m >= 1): the paper's guard.
-    fallback = not keep.any()
+    # Where near-duplicates were taken out, an empty batch is a legitimate outcome and the guard stays out of it.
+    fallback = not keep.any() and bool(may_keep.all())
     if fallback:
         keep[:] = True
     return Selection(prototype=assigned, distance=dist, band=band, keep=keep, fallback=fallback)

@@ -219,6 +219,7 @@ def run_demo(options: DemoOptions, say: Callable[[str], None]) -> dict[str, Any]
             "subset": str(out / "subset.jsonl"),
             "checkpoint": str(train_out / "latest.pt"),
             "synth": str(synth_dir),
+            "database": service.database_url,
         },
         "provenance_prototype_version": provenance.get("prototype_version"),
     }

@@ -17,7 +17,7 @@ from numpy.typing import NDArray
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from ..curation import Backend, CurationConfig, OfflineCuration, curate_offline
+from ..curation import Backend, CurationConfig, OfflineCuration, curate_offline, patient_codes
 from ..errors import ApiError, unknown_run
 from ..models import Decision, NamedSet, PrototypeVersion, Run, Sample
 from ..runs.access import run_config
@@ -71,14 +71,8 @@ def run_offline_curation(
     with sessions() as session:
         run = _check_offline(session, session.get(Run, run_id), run_id)
         config = run_config(run)
-        rows, id_key = embedding_rows(session, run)
         # refused before the job starts, so a request that cannot run writes nothing (not even "failed" progress)
-        owned = getattr(rows.model, rows.key) == rows.owner
-        stored = session.scalar(select(func.count()).select_from(rows.model).where(owned)) or 0
-        if not stored:
-            raise ApiError(409, "no_embeddings", f"{rows.what} has no stored embeddings to curate (run {run_id})")
-        if stored < config.k:
-            raise ApiError(422, "cannot_curate", f"{rows.what} stores {stored} embeddings; k={config.k} needs more")
+        rows, id_key = stored_rows(session, run, config)
     recorder = ProgressRecorder(sessions, run_id, "offline_curation", progress)
     try:
         ids, features = read_unit_features(sessions, rows, lambda done, total: recorder("load", done, total))
@@ -91,6 +85,7 @@ def run_offline_curation(
                 backend=backend,
                 progress=lambda done, total: recorder("select", done, total),
                 order=order,
+                patient=patients(sessions, rows, ids) if config.dedup_same_patient else None,
             )
         except ValueError as exc:  # e.g. fewer rows than k
             raise ApiError(422, "cannot_curate", f"run {run_id}: {exc}") from exc
@@ -104,6 +99,19 @@ def run_offline_curation(
     return summary
 
 
+def stored_rows(session: Session, run: Run, config: CurationConfig) -> tuple[Rows, str]:
+    """The rows offline curation reads (``embedding_rows``), or 409 ``no_embeddings`` / 422 ``cannot_curate``
+    when there are none or fewer than k."""
+    rows, id_key = embedding_rows(session, run)
+    owned = getattr(rows.model, rows.key) == rows.owner
+    stored = session.scalar(select(func.count()).select_from(rows.model).where(owned)) or 0
+    if not stored:
+        raise ApiError(409, "no_embeddings", f"{rows.what} has no stored embeddings to curate (run {run.id})")
+    if stored < config.k:
+        raise ApiError(422, "cannot_curate", f"{rows.what} stores {stored} embeddings; k={config.k} needs more")
+    return rows, id_key
+
+
 def embedding_rows(session: Session, run: Run) -> tuple[Rows, str]:
     """The rows offline curation reads for ``run`` (its embedding set's, else its own) and the key they were
     uploaded by."""
@@ -113,21 +121,31 @@ def embedding_rows(session: Session, run: Run) -> tuple[Rows, str]:
     return set_rows(run.embedding_set_id), (named.id_key if named is not None and named.id_key else "sample_id")
 
 
-def key_order(sessions: sessionmaker[Session], rows: Rows, ids: NDArray[np.int64]) -> NDArray[np.int64]:
-    """The rows (``ids`` ascending) in the order of their samples' external ids, as ``chexcurate curate`` orders
-    a file keyed by them (code-point order, numpy's)."""
+def sample_column(sessions: sessionmaker[Session], rows: Rows, ids: NDArray[np.int64], column: Any) -> list[Any]:
+    """``column`` of the samples of ``rows``, aligned with ``ids`` (ascending), from one snapshot of them."""
     model = rows.model
     with sessions() as session:
         named = session.execute(
-            select(Sample.id, Sample.external_id)
+            select(Sample.id, column)
             .join(model, model.sample_id == Sample.id)
             .where(getattr(model, rows.key) == rows.owner)
             .order_by(Sample.id)
         ).all()
     if len(named) != len(ids) or not np.array_equal(np.fromiter((i for i, _ in named), np.int64, len(named)), ids):
         raise ApiError(409, "embeddings_changed", f"{rows.what} changed while it was read; curate again")
-    names = np.array([name for _, name in named]) if named else np.array([], dtype=str)
-    return np.argsort(names, kind="stable").astype(np.int64)
+    return [value for _, value in named]
+
+
+def patients(sessions: sessionmaker[Session], rows: Rows, ids: NDArray[np.int64]) -> NDArray[np.int64]:
+    """Patient codes of the rows (-1 where the set names no patient), for same-patient dedup."""
+    return patient_codes(sample_column(sessions, rows, ids, Sample.patient_id))
+
+
+def key_order(sessions: sessionmaker[Session], rows: Rows, ids: NDArray[np.int64]) -> NDArray[np.int64]:
+    """The rows (``ids`` ascending) in the order of their samples' external ids, as ``chexcurate curate`` orders
+    a file keyed by them (code-point order, numpy's)."""
+    names = sample_column(sessions, rows, ids, Sample.external_id)
+    return np.argsort(np.array(names) if names else np.array([], dtype=str), kind="stable").astype(np.int64)
 
 
 def read_unit_features(
@@ -153,6 +171,7 @@ def _summary(run_id: int, ids: NDArray[np.int64], result: OfflineCuration, confi
         "subset_ratio": result.subset_ratio,
         "band_counts": result.band_counts(),
         "prototype_usage": _usage(result, config.k).tolist(),
+        "modes": result.modes,
     }
 
 

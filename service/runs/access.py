@@ -6,13 +6,13 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from ..curation import CurationConfig
 from ..db import is_postgres
 from ..errors import unknown_run
-from ..models import Decision, Run, RunExclusion, Sample
+from ..models import Decision, EpochItem, Run, RunExclusion, Sample
 
 
 def load_run(session: Session, run_id: int) -> Run:
@@ -60,3 +60,13 @@ def subset_ids(session: Session, run: Run) -> NDArray[np.int64]:
     kept = select(Decision.sample_id).where(Decision.run_id == run.id, Decision.kept.is_(True))
     ids = session.scalars(select(Sample.id).where(Sample.id.in_(kept), *in_pool(run)))
     return np.fromiter(ids, dtype=np.int64)
+
+
+def epoch_progress(session: Session, run: Run) -> tuple[int, int]:
+    """``(size, done)`` of the run's current epoch: its handed-out rows, and those acknowledged."""
+    size, done = session.execute(
+        select(func.count(), func.count().filter(EpochItem.state == "done")).where(
+            EpochItem.run_id == run.id, EpochItem.epoch == run.epoch
+        )
+    ).one()
+    return int(size), int(done)

@@ -8,12 +8,13 @@ import numpy as np
 from numpy.typing import NDArray
 from sqlalchemy.orm import Session
 
-from ..curation import BAND_LABELS, Backend, select_batch, unit_rows, update_prototypes
+from ..curation import BAND_LABELS, Backend, unit_rows, update_prototypes
 from ..errors import ApiError
 from ..models import Manifest, Run
 from ..stages import stage
 from ..storage.decisions import insert_decisions
 from .access import run_config
+from .modes import eligible_rows, ensure_online, select_online
 from .prototypes import PrototypeCache, current_prototypes, remember, store_version
 
 
@@ -28,15 +29,16 @@ def curate_step(
     """Select on the manifest's super-batch, apply the Sinkhorn EMA, persist decisions and the new version; the
     answer is the curated batch. The caller holds the run lock and commits."""
     config = run_config(run)
+    ensure_online(config)
     with stage("prototypes"):
         protos = current_prototypes(session, run, cache)
     if embeddings.shape[1] != protos.shape[1]:
         raise ApiError(422, "bad_width", f"embeddings have width {embeddings.shape[1]}, prototypes {protos.shape[1]}")
     with stage("select"):
         features = unit_rows(embeddings)
-        selection = select_batch(
-            features, protos, config, seed=(run.seed, manifest.epoch, manifest.step), backend=backend
-        )
+        eligible = eligible_rows(session, run, manifest.epoch, features, manifest.sample_ids, protos, config, backend)
+        seed = (run.seed, manifest.epoch, manifest.step)
+        selection = select_online(session, run, manifest.epoch, features, protos, config, seed, eligible, backend)
     with stage("update"):
         moved, usage = update_prototypes(protos, features[selection.keep], config, backend)
     used = run.prototype_version

@@ -64,4 +64,8 @@ class RunStats(BaseModel):
     model_id: str | None
     checkpoint_step: int | None
     progress: dict[str, Any]
+    modes: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="modes beyond the paper the run uses (docs/MODES.md): parameters and outcome; {} if none",
+    )
     error: RunError | None = Field(None, description="the failing step of the run, when there is one")

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..curation.config import MAX_DEDUP_EPSILON
 from ..limits import BIGINT_MAX
 from .datasets import MAX_SAMPLES_PER_REQUEST, SampleIdIn
 
@@ -150,3 +151,20 @@ class BulkOut(BaseModel):
     run_id: int
     rows: int
     dim: int
+
+
+#: epsilons one sweep may try, and borderline pairs it may show for each
+MAX_SWEEP_POINTS = 20
+MAX_SWEEP_EXAMPLES = 20
+
+
+class DedupSweepRequest(BaseModel):
+    """What to try before committing a run to a near-duplicate threshold (docs/MODES.md)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    epsilons: list[Annotated[float, Field(gt=0.0, le=MAX_DEDUP_EPSILON)]] = Field(
+        default_factory=lambda: [0.001, 0.005, 0.01, 0.02, 0.05], min_length=1, max_length=MAX_SWEEP_POINTS
+    )
+    same_patient: bool = Field(False, description="only pairs of the same patient count")
+    examples: int = Field(3, ge=0, le=MAX_SWEEP_EXAMPLES, description="least similar counting pairs shown per eps")
