@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from bench.baseline import loop_select, loop_update
-from bench.report import interleaved_medians, write_section
+from bench.report import interleaved_times, write_section
 from service.curation import Backend, CpuBackend, CurationConfig, init_prototypes, select_batch, update_prototypes
 from service.synth.embeddings import long_tailed_embeddings
 
@@ -31,8 +31,8 @@ def measure(
 ) -> dict[str, float]:
     """Median ms of each engine (default: the CPU backend, as ``engine``) and of the loop on ``device``.
 
-    Keys: ``{name}_ms`` and ``{name}_update_ms`` per engine, ``loop_ms``, ``loop_update_ms``, and the keep-mask
-    ``agreement`` of the first engine with the loop.
+    Keys: ``{name}_ms`` and ``{name}_update_ms`` per engine, ``loop_ms``, ``loop_update_ms`` (each also as
+    ``..._best_ms``: the fastest call), and the keep-mask ``agreement`` of the first engine with the loop.
     """
     engines = engines or {"engine": CpuBackend()}
     first = next(iter(engines))
@@ -42,6 +42,7 @@ def measure(
     protos = init_prototypes(feats[:4096], k, seed=0)
     pool = feats[4096:]
     times: dict[str, list[float]] = {}
+    best: dict[str, list[float]] = {}
     agree = []
     for b in range(batches):
         f = np.ascontiguousarray(pool[b * batch : (b + 1) * batch])
@@ -57,10 +58,49 @@ def measure(
             calls[f"{name}_update"] = lambda kept=kept, be=backend: update_prototypes(protos, kept, config, be)
         calls["loop"] = synced(lambda tf=tf, tp=tp, s=starts: loop_select(tf, tp, s), device)
         calls["loop_update"] = synced(lambda tk=tk, tp=tp: loop_update(tp, tk), device)
-        for name, t in interleaved_medians(calls, repeats).items():
-            times.setdefault(name, []).append(t)
+        for name, t in interleaved_times(calls, repeats).items():
+            times.setdefault(name, []).append(float(np.median(t)))
+            best.setdefault(name, []).append(min(t))
     out = {f"{name}_ms": 1e3 * float(np.median(t)) for name, t in times.items()}
+    # the fastest call per batch, then the median over batches: each side at its best case on the busy box
+    out |= {f"{name}_best_ms": 1e3 * float(np.median(t)) for name, t in best.items()}
     return {**out, "agreement": float(np.mean(agree))}
+
+
+def engine_parts(batch: int, dim: int, k: int, repeats: int) -> dict[str, float]:
+    """Median ms of each part of ``select_batch`` on one super-batch, called as it calls them (CPU backend)."""
+    from service.curation.groups import GroupIndex, grouped_quantiles
+    from service.curation.selection import nearest_prototypes
+    from service.curation.validate import check_prototypes, float32_rows
+
+    synth = long_tailed_embeddings(batch + 4096, dim, seed=1)
+    config = CurationConfig(k=k, warmup_samples=4096)
+    protos = init_prototypes(synth.features[:4096], k, seed=0)
+    f = np.ascontiguousarray(synth.features[4096:])
+    backend = CpuBackend()
+    f32, sq = float32_rows("features", f)
+    assigned, dist = nearest_prototypes(f32, sq, protos, backend)
+    t_sup, _ = grouped_quantiles(dist, assigned, k, (config.support_quantile, config.outlier_quantile))
+    central = np.flatnonzero(dist <= t_sup[assigned])
+    counts = np.bincount(assigned[central], minlength=k)
+    crowded = np.flatnonzero(counts > config.max_central)
+    layout = GroupIndex.build(central, assigned[central], k).layout(crowded)
+    first = np.zeros(len(crowded), dtype=np.intp)
+    parts: dict[str, Callable[[], object]] = {
+        "whole select_batch": lambda: select_batch(f, protos, config, (0, 0), backend),
+        "checks (features finite, prototypes unit)": lambda: (
+            float32_rows("features", f),
+            check_prototypes(protos, width=dim),
+        ),
+        "nearest prototype (B x D x K product)": lambda: nearest_prototypes(f32, sq, protos, backend),
+        "per-prototype quantiles": lambda: grouped_quantiles(
+            dist, assigned, k, (config.support_quantile, config.outlier_quantile)
+        ),
+        f"FPS ({len(crowded)} groups, {len(central)} central rows, m={config.max_central})": lambda: (
+            backend.farthest_points(f32, sq, layout, config.max_central, first)
+        ),
+    }
+    return {name: 1e3 * float(np.median(t)) for name, t in interleaved_times(parts, repeats).items()}
 
 
 def synced(fn: Callable[[], object], device: str) -> Callable[[], object]:
@@ -87,8 +127,10 @@ def main() -> None:
         r = measure(batch, dim, k, args.batches, args.repeats)
         ratio = r["engine_ms"] / r["loop_ms"]
         ok &= ratio <= BUDGET
+        best_ratio = r["engine_ms"] / r["loop_best_ms"]
         rows.append(
-            f"| B={batch}, D={dim}, K={k} | {r['engine_ms']:.2f} | {r['loop_ms']:.2f} | **{ratio:.3f}** "
+            f"| B={batch}, D={dim}, K={k} | {r['engine_ms']:.2f} | {r['engine_best_ms']:.2f} | {r['loop_ms']:.2f} "
+            f"| {r['loop_best_ms']:.2f} | **{ratio:.3f}** | {best_ratio:.3f} "
             f"| {'met' if ratio <= BUDGET else 'MISSED'} | {r['agreement']:.4%} "
             f"| {r['engine_update_ms']:.3f} | {r['loop_update_ms']:.3f} "
             f"| {r['engine_update_ms'] / r['loop_update_ms']:.2f} |"
@@ -104,12 +146,30 @@ def main() -> None:
             "(`service/synth/embeddings.py`), k-means prototypes from 4,096 warm-up rows; median over "
             f"{args.batches} super-batches x {args.repeats} interleaved calls; both on 2 threads.",
             "",
-            "| size | engine select (ms) | loop select (ms) | ratio | P1 | keep-mask agreement | engine update (ms) "
-            "| loop update (ms) | update ratio |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "The best case of each side is its fastest call per super-batch (median over super-batches); "
+            "'vs loop best' is the engine's median over the loop's best case, the stricter comparison on a busy box.",
+            "",
+            "| size | engine select (ms) | engine best (ms) | loop select (ms) | loop best (ms) | ratio | vs loop best "
+            "| P1 | keep-mask agreement | engine update (ms) | loop update (ms) | update ratio |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
             *rows,
             "",
             "Reproduce: `make bench` (or `.venv/bin/python -m bench.engine`).",
+        ]
+    )
+    parts = engine_parts(*SIZES[0], repeats=10 * args.repeats)
+    print(parts)
+    batch, dim, k = SIZES[0]
+    body += "\n".join(
+        [
+            "",
+            "",
+            f"Where the engine's time goes at B={batch}, D={dim}, K={k} (median ms of each part called alone, "
+            f"{10 * args.repeats} interleaved calls; the parts do not add up exactly to the whole):",
+            "",
+            "| part | ms |",
+            "|---|---|",
+            *[f"| {name} | {ms:.3f} |" for name, ms in parts.items()],
         ]
     )
     write_section("P1", body)

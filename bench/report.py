@@ -18,8 +18,8 @@ HEADER = (
 )
 
 
-def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int, block: int = 5) -> dict[str, float]:
-    """Median seconds per call of each callable, alternating blocks of ``block`` calls between them.
+def interleaved_times(fns: dict[str, Callable[[], object]], repeats: int, block: int = 5) -> dict[str, list[float]]:
+    """Seconds of every timed call of each callable, alternating blocks of ``block`` calls between them.
 
     Alternating keeps drift and noise common to all; whole blocks (first call of each untimed) keep one
     library's idle spinning threads (torch's OpenMP, OpenBLAS) from being billed to the other's first call.
@@ -32,7 +32,7 @@ def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int, bloc
                 start = time.perf_counter()
                 fn()
                 times[name].append(time.perf_counter() - start)
-    return {name: float(np.median(t)) for name, t in times.items()}
+    return times
 
 
 def machine() -> str:

@@ -11,14 +11,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import tempfile
 import time
 import uuid
 from functools import partial
+from pathlib import Path
 
 import httpx
 import numpy as np
 import psycopg
-import redis
 import torch
 
 from bench.baseline import loop_select
@@ -31,12 +32,12 @@ from service.migrate import upgrade
 from service.runs.posts import apply_embeddings
 from service.runs.prototypes import PrototypeCache
 from service.runs.schedule import init_or_record
+from service.stages import collecting, parse_server_timing
 from service.synth.embeddings import long_tailed_embeddings
-from tests.servers import celery_worker, uvicorn_server
+from tests.servers import celery_worker, private_redis, uvicorn_server
 from workers.state import warm_up
 
 ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
-REDIS_URL = "redis://127.0.0.1:6379/13"
 BATCH, DIM = 640, 1024
 
 
@@ -82,7 +83,7 @@ def npy(array: np.ndarray) -> bytes:
 
 def in_process_applies(
     http: httpx.Client, url: str, run_id: int, features: np.ndarray, sample_index: dict[int, int], count: int = 8
-) -> list[float]:
+) -> tuple[list[float], list[dict[str, float]]]:
     """Time ``apply_embeddings`` called directly on the same database, as the worker calls it (warm kernels, a
     prototype cache, its backend, a session per step), for the next ``count`` curation manifests: the round
     trip minus this is the transport and dispatch overhead."""
@@ -98,6 +99,7 @@ def in_process_applies(
     limit = Settings().step_failure_limit
     init = partial(init_or_record, limit=limit)  # as the worker's curate task passes them
     times: list[float] = []
+    stages: list[dict[str, float]] = []
     while len(times) < count:
         m = http.post(f"/v1/runs/{run_id}/manifests").raise_for_status().json()
         if m["manifest_id"] is None or m["phase"] != "curation" or len(m["items"]) != BATCH:
@@ -106,19 +108,33 @@ def in_process_applies(
         for sid in ids:
             sample_index.setdefault(sid, len(sample_index))
         batch = features[[sample_index[s] for s in ids]]
-        with sessions() as session:
+        with sessions() as session, collecting() as found:
             start = time.perf_counter()
             apply_embeddings(session, run_id, m["manifest_id"], batch, init, limit, cache=cache, backend=backend)
             times.append(time.perf_counter() - start)
+        stages.append(found)
     engine.dispose()
-    return times
+    return times, stages
+
+
+def stage_table(rows: list[dict[str, float]]) -> list[str]:
+    """Median ms per stage over the trips (stages in the order they first ran), as markdown table rows."""
+    names: list[str] = []
+    for row in rows:
+        names += [name for name in row if name not in names]
+    return [f"| {name} | {np.median([row.get(name, 0.0) for row in rows]):.2f} |" for name in names]
 
 
 def main() -> None:
+    global BATCH, DIM  # the functions above read the sizes of this run
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=100, help="timed curation round trips")
+    parser.add_argument("--batch", type=int, default=BATCH, help="rows per curated batch (the run's batch_size)")
+    parser.add_argument("--dim", type=int, default=DIM, help="embedding width")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave docs/BENCHMARKS.md alone")
     parser.add_argument("--eager", action="store_true", help="no broker or worker: the API computes (diagnosis)")
     args = parser.parse_args()
+    BATCH, DIM = args.batch, args.dim
     torch.set_num_threads(2)
     warmup = 4 * BATCH
     rows = warmup + (args.steps + 12) * BATCH
@@ -129,16 +145,17 @@ def main() -> None:
     with session_factory(engine)() as session:
         admin = create_token(session, "bench", "admin")
     engine.dispose()
-    redis.Redis.from_url(REDIS_URL).flushdb()
-    env = {"CHEX_DATABASE_URL": url, "CHEX_BROKER_URL": REDIS_URL, "CHEX_CURATION_WAIT_SECONDS": "60"}
-    if args.eager:
-        env.pop("CHEX_BROKER_URL")
     trips: list[float] = []
     loops: list[float] = []
+    served: list[dict[str, float]] = []  # the API's Server-Timing per trip
+    broker = contextlib.ExitStack()
+    env = {"CHEX_DATABASE_URL": url, "CHEX_CURATION_WAIT_SECONDS": "60"}
+    if not args.eager:  # a redis-server of the bench's own: no other process's queues or load on it
+        env["CHEX_BROKER_URL"] = broker.enter_context(private_redis(Path(tempfile.mkdtemp(prefix="chex-bench-"))))
     worker = contextlib.nullcontext() if args.eager else celery_worker(env)
-    with uvicorn_server(env) as base, worker:
+    with broker, uvicorn_server(env) as base, worker:
         http = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {admin}"}, timeout=120)
-        config = {"warmup_samples": warmup, "epochs": 2, "curation_epochs": 1}
+        config = {"warmup_samples": warmup, "epochs": 2, "curation_epochs": 1, "batch_size": BATCH}
         run_id = (
             http.post("/v1/runs", json={"dataset_id": dataset_id, "config": config}).raise_for_status().json()["id"]
         )
@@ -154,24 +171,21 @@ def main() -> None:
             batch = features[[sample_index[s] for s in ids]]
             body = npy(batch)
             start = time.perf_counter()
-            answer = (
-                http.post(
-                    f"/v1/runs/{run_id}/manifests/{m['manifest_id']}/embeddings",
-                    content=body,
-                    headers={"Content-Type": "application/octet-stream"},
-                )
-                .raise_for_status()
-                .json()
-            )
+            answer = http.post(
+                f"/v1/runs/{run_id}/manifests/{m['manifest_id']}/embeddings",
+                content=body,
+                headers={"Content-Type": "application/octet-stream"},
+            ).raise_for_status()
             elapsed = time.perf_counter() - start
             if m["phase"] != "curation" or len(ids) != BATCH:
                 continue
             trips.append(elapsed)
+            served.append(parse_server_timing(answer.headers.get("server-timing", "")))
             protos = np.frombuffer(
                 psycopg.connect(url)
                 .execute(
                     "SELECT vectors FROM prototype_versions WHERE run_id = %s AND version = %s",
-                    (run_id, answer["prototype_version"]),
+                    (run_id, answer.json()["prototype_version"]),
                 )
                 .fetchone()[0],
                 dtype=np.float32,
@@ -184,10 +198,16 @@ def main() -> None:
             t0 = time.perf_counter()
             loop_select(tf, tp, starts)
             loops.append(time.perf_counter() - t0)
-        applies = in_process_applies(http, url, run_id, features, sample_index)
+        applies, applied_stages = in_process_applies(http, url, run_id, features, sample_index)
     p50, p99 = np.percentile(trips, 50) * 1e3, np.percentile(trips, 99) * 1e3
     apply50 = float(np.median(applies)) * 1e3 if applies else float("nan")
     loop50 = float(np.median(loops)) * 1e3
+    own = [{k: v for k, v in s.items() if not k.startswith("worker.")} for s in served]  # the API's own stages
+    served_total = float(np.median([sum(s.values()) for s in own])) if own else float("nan")
+    api_stages = [{k: v for k, v in s.items() if not k.startswith("wait")} for s in own]
+    worker_stages = [{k[7:]: v for k, v in s.items() if k.startswith("worker.")} for s in served]
+    # the wait minus the worker's own stages: queueing, Celery's message handling, and the answer's way back
+    transport = [s.get("wait for worker", 0.0) - sum(w.values()) for s, w in zip(served, worker_stages, strict=True)]
     ok50, ok99 = p50 <= 3 * loop50, p99 <= 3 * p50
     body_md = "\n".join(
         [
@@ -210,10 +230,36 @@ def main() -> None:
             f"{len(applies)}) | {apply50:.2f} | | |",
             f"| of the p50: HTTP upload, Redis hand-over, Celery dispatch and result | {p50 - apply50:.2f} | | |",
             "",
-            f"Reproduce: `.venv/bin/python -m bench.roundtrip --steps {args.steps}`.",
+            "Where the time goes (median ms per stage; the API's from its `Server-Timing` header, the worker's step "
+            "from the in-process applies, timed with the same stage names):",
+            "",
+            "| stage | ms |",
+            "|---|---|",
+            f"| client: round trip (median) | {float(np.median(trips)) * 1e3:.2f} |",
+            f"| client: HTTP outside the handler (round trip - handler) | "
+            f"{float(np.median(trips)) * 1e3 - served_total:.2f} |",
+            *[f"| API: {row[2:]}" for row in stage_table(api_stages)],
+            *[
+                f"| API: {row[2:]}"
+                for row in stage_table([{"wait for worker": s.get("wait for worker", 0.0)} for s in own])
+            ],
+            *(
+                [
+                    *[f"| worker (in the round trip): {row[2:]}" for row in stage_table(worker_stages)],
+                    f"| queue, Celery and answer hand-back (wait - worker stages) | {np.median(transport):.2f} |",
+                ]
+                if any(worker_stages)
+                else []
+            ),
+            *[f"| worker step (in-process, {len(applies)} steps): {row[2:]}" for row in stage_table(applied_stages)],
+            "",
+            "Reproduce: `.venv/bin/python -m bench.roundtrip --steps "
+            f"{args.steps}{'' if (BATCH, DIM) == (640, 1024) else f' --batch {BATCH} --dim {DIM}'}`.",
         ]
     )
-    write_section("P2", body_md)
+    if not args.no_write:
+        write_section("P2", body_md)
+    print(body_md)
     with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
     print(

@@ -16,7 +16,6 @@ from typing import Any
 
 import redis
 from celery import Celery
-from celery.exceptions import TimeoutError as CeleryTimeout
 from kombu.exceptions import OperationalError as BrokerDown
 from numpy.typing import NDArray
 from sqlalchemy.orm import Session, sessionmaker
@@ -24,7 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from .config import Settings
 from .errors import ApiError, ServiceUnavailable, from_envelope, is_envelope
 from .explorer.embedding_map import cached_map, make_map, map_path
-from .handover import hand_over
+from .handover import hand_over, wait_reply
 from .ingest import run_dicom_scan
 from .ingest.importer import run_import
 from .jobs.neighbours import IndexState, NeighbourIndexCache
@@ -35,6 +34,7 @@ from .runs.schedule import init_or_record
 from .schemas.datasets import DicomScanRequest, DicomScanResult
 from .schemas.imports import ImportRequest, ImportResult
 from .schemas.tasks import TaskAccepted, TaskStatus
+from .stages import add_stages, stage
 
 #: latency-critical: one curated batch per training step
 QUEUE_CURATION = "curation"
@@ -168,6 +168,10 @@ class Queued(Dispatcher):
         super().__init__(settings, sessions)
         self.celery = make_celery(settings)
         self.redis = redis.Redis.from_url(settings.broker_url or "", socket_timeout=5)
+        #: for the blocking wait on a worker's answer, which may take up to ``curation_wait_seconds``
+        self.replies = redis.Redis.from_url(
+            settings.broker_url or "", socket_timeout=settings.curation_wait_seconds + 5
+        )
 
     def init_prototypes(self, run: Run) -> None:
         """Asked of a worker, again if an earlier request looks lost (older than ``init_redrive_seconds``)."""
@@ -187,17 +191,24 @@ class Queued(Dispatcher):
             return super().apply_embeddings(session, run_id, manifest_id, arr, phase)
         session.close()  # do not hold a pooled connection while waiting for the worker
         ttl = max(600, int(self.settings.curation_wait_seconds * 4))
-        handover = self._broker(lambda: hand_over(self.redis, manifest_id, arr, ttl))
-        pending = self._send(TASK_CURATE, [run_id, manifest_id, handover.as_arg()])
-        try:
-            result: dict[str, Any] = pending.get(timeout=self.settings.curation_wait_seconds)
-        except CeleryTimeout as exc:
+        with stage("hand-over"):
+            handover = self._broker(lambda: hand_over(self.redis, manifest_id, arr, ttl))
+        with stage("dispatch"):
+            self._send(TASK_CURATE, [run_id, manifest_id, handover.as_arg()], ignore_result=True)
+        with stage("wait for worker"):
+            try:
+                reply = wait_reply(self.replies, handover, self.settings.curation_wait_seconds)
+            except Exception as exc:  # broker down while waiting
+                raise ServiceUnavailable(f"waiting for the curation worker failed ({type(exc).__name__})") from exc
+        if reply is None:
             raise ServiceUnavailable(
                 f"no curation worker answered within {self.settings.curation_wait_seconds:g} s; the batch stays "
                 "queued: post the same embeddings again to get its answer"
-            ) from exc
-        except Exception as exc:  # result backend down
-            raise ServiceUnavailable(f"waiting for the curation worker failed ({type(exc).__name__})") from exc
+            )
+        add_stages(reply.get("stages", {}), "worker.")
+        if "unavailable" in reply:  # the worker lost its database or broker mid-step: nothing was committed
+            raise ServiceUnavailable(f"the curation worker could not finish the step ({reply['unavailable']})")
+        result: dict[str, Any] = reply["answer"]
         if is_envelope(result):
             raise from_envelope(result)
         return result
@@ -287,9 +298,11 @@ class Queued(Dispatcher):
         except Exception:  # broker gone between the checks
             return False
 
-    def _send(self, name: str, args: list[Any]) -> Any:
+    def _send(self, name: str, args: list[Any], ignore_result: bool = False) -> Any:
+        """Send a task by name; ``ignore_result``: its answer comes another way, so the API neither subscribes to
+        a result channel for it (one per task, never released) nor has the worker store one."""
         try:
-            return self.celery.send_task(name, args=args)
+            return self.celery.send_task(name, args=args, ignore_result=ignore_result)
         except BrokerDown as exc:
             raise ServiceUnavailable(f"the task broker cannot be reached ({exc})") from exc
 

@@ -101,13 +101,22 @@ def float16_problems(arr: NDArray) -> tuple[NDArray[np.intp], NDArray[np.intp]]:
     (|x| below float16's smallest step): storage keeps float16, and neither kind can be normalised there."""
     nonfinite: list[NDArray[np.intp]] = []
     zero: list[NDArray[np.intp]] = []
+    empty = np.empty(0, dtype=np.intp)
+    if arr.dtype == np.float16 and arr.ndim == 2 and arr.flags.c_contiguous:
+        # On the bits, without a float copy: a row's largest magnitude (sign bit cleared) is Inf/NaN from 0x7C00
+        # up, and 0 only for an all-zero row. One AND and one reduction per block, ~5x less than isfinite + any.
+        bits = arr.view(np.uint16)
+        for start in range(0, len(arr), CHECK_ROWS):
+            magnitude = (bits[start : start + CHECK_ROWS] & np.uint16(0x7FFF)).max(axis=1)
+            nonfinite.append(start + np.flatnonzero(magnitude >= 0x7C00))
+            zero.append(start + np.flatnonzero(magnitude == 0))
+        return np.concatenate(nonfinite or [empty]), np.concatenate(zero or [empty])
     for start in range(0, len(arr), CHECK_ROWS):
         with np.errstate(over="ignore", invalid="ignore"):
             block = np.asarray(arr[start : start + CHECK_ROWS]).astype(np.float16, copy=False)
         finite = np.isfinite(block).all(axis=1)
         nonfinite.append(start + np.flatnonzero(~finite))
         zero.append(start + np.flatnonzero(finite & ~(block != 0).any(axis=1)))
-    empty = np.empty(0, dtype=np.intp)
     return np.concatenate(nonfinite or [empty]), np.concatenate(zero or [empty])
 
 

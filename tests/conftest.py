@@ -92,11 +92,16 @@ def db(app):
 @pytest.fixture
 def stack_env(pg_url) -> dict[str, str]:
     """Environment for real API and worker processes on the session database and the real Redis."""
+    return stack_environment(pg_url)
+
+
+def stack_environment(database_url: str) -> dict[str, str]:
+    """Environment for real API and worker processes on ``database_url`` and the test Redis db (emptied first)."""
     import redis
 
     redis.Redis.from_url(REDIS_URL).flushdb()
     return {
-        "CHEX_DATABASE_URL": pg_url,
+        "CHEX_DATABASE_URL": database_url,
         "CHEX_BROKER_URL": REDIS_URL,
         "CHEX_CURATION_WAIT_SECONDS": "4",
         "CHEX_INIT_REDRIVE_SECONDS": "3",

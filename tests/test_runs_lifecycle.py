@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import func, select
 
 from service.models import Decision, EpochItem, Manifest, PrototypeVersion, Run
+from service.stages import parse_server_timing
 from tests.runs_helpers import encode, make_dataset, npy
 
 CONFIG = {"k": 3, "warmup_samples": 24, "batch_size": 16, "epochs": 3, "curation_epochs": 1, "max_central": 2}
@@ -32,7 +33,7 @@ def drive(client, run_id: int, headers: dict[str, str], dtype=np.float16) -> lis
                 headers={**headers, "Content-Type": "application/octet-stream"},
             )
         assert r.status_code == 200, r.text
-        answers.append({"manifest": m, "answer": r.json(), "ids": ids})
+        answers.append({"manifest": m, "answer": r.json(), "ids": ids, "timing": r.headers.get("server-timing")})
     raise AssertionError("run did not finish")
 
 
@@ -61,6 +62,10 @@ def test_run_goes_through_every_phase_and_each_sample_once_per_epoch(client, db,
         assert set(per_epoch[epoch]) == subset and set(per_epoch[epoch].values()) == {1}
     # curation: one prototype version per step, strictly increasing, decisions for every curated row
     curated = [a for a in answers if a["manifest"]["phase"] == "curation"]
+    for a in curated:  # where each step's time went, stage by stage (all of it in this process without workers)
+        stages = parse_server_timing(a["timing"])
+        assert {"read body", "store embeddings", "select", "decisions", "commit"} <= set(stages), stages
+        assert all(ms >= 0 for ms in stages.values())
     versions = [a["answer"]["prototype_version"] for a in curated]
     assert versions == list(range(1, len(curated) + 1))
     assert [a["answer"]["new_prototype_version"] for a in curated] == list(range(2, len(curated) + 2))

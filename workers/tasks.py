@@ -7,6 +7,7 @@ repeated task changes nothing that is already done. A job's ``ApiError`` goes ba
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from functools import partial, wraps
@@ -25,18 +26,19 @@ from service.dispatch import (
     TASK_NEIGHBOUR_INDEX,
     TASK_OFFLINE,
 )
-from service.errors import ApiError, to_envelope
+from service.errors import ApiError, is_envelope, to_envelope
 from service.explorer.embedding_map import make_map
-from service.handover import Handover, drop, take
+from service.handover import Handover, drop, send_reply, take
 from service.jobs.dataset_import import import_dataset
 from service.jobs.dicom_scan import scan_dataset
 from service.jobs.offline import run_offline_curation
 from service.jobs.warmup import initialise_prototypes
 from service.runs.posts import apply_embeddings, manifest_phase
 from service.runs.schedule import init_or_record
+from service.stages import collecting, stage
 
 from .celery_app import app
-from .state import warm_up, worker_state
+from .state import WorkerState, warm_up, worker_state
 
 F = TypeVar("F", bound=Callable[..., dict[str, Any]])
 
@@ -64,12 +66,30 @@ def answers_errors(task: F) -> F:
     return run  # type: ignore[return-value]
 
 
-@app.task(name=TASK_CURATE)
-@answers_errors
-def curate_manifest(run_id: int, manifest_id: str, handed_over: dict[str, Any]) -> dict[str, Any]:
-    """Apply a curation manifest's embeddings (handed over in Redis); returns the curated batch."""
+@app.task(name=TASK_CURATE, ignore_result=True)
+def curate_manifest(run_id: int, manifest_id: str, handed_over: dict[str, Any]) -> None:
+    """Apply a curation manifest's embeddings (handed over in Redis); the curated batch, an error envelope, or
+    word that the step could not finish goes back on the hand-over's reply list with the step's stage timings.
+    An unexpected failure still fails the task, after the API was told."""
     state, handover = worker_state(), Handover.from_arg(handed_over)
-    arr = take(state.redis, handover)
+    ttl = max(600, int(get_settings().curation_wait_seconds * 4))
+    with collecting() as stages:
+        try:
+            reply: dict[str, Any] = {"answer": _curate(state, run_id, manifest_id, handover)}
+        except ApiError as exc:
+            reply = {"answer": to_envelope(exc)}
+        except Exception as exc:
+            with contextlib.suppress(Exception):  # Redis may be what failed: the API then times out (503)
+                send_reply(state.redis, handover, {"unavailable": type(exc).__name__, "stages": stages}, ttl)
+            raise
+    send_reply(state.redis, handover, {**reply, "stages": stages}, ttl)
+    if not is_envelope(reply["answer"]):
+        drop(state.redis, handover)  # after the answer: the API is not kept waiting for it
+
+
+def _curate(state: WorkerState, run_id: int, manifest_id: str, handover: Handover) -> dict[str, Any]:
+    with stage("take"):
+        arr = take(state.redis, handover)
     with state.sessions() as session:
         try:
             if arr is None:  # hand-over gone: fine if the manifest was applied meanwhile (a duplicate task)
@@ -91,7 +111,6 @@ def curate_manifest(run_id: int, manifest_id: str, handed_over: dict[str, Any]) 
         except ApiError:
             session.rollback()
             raise
-    drop(state.redis, handover)
     return result
 
 

@@ -6,7 +6,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Query, Request
+from fastapi import APIRouter, Body, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -32,6 +32,7 @@ from ..schemas.runs import (
     StoredOut,
     UnreadableReport,
 )
+from ..stages import collecting, server_timing, stage
 from ..storage.embedding_sets import sample_ids_of
 from ..storage.embedding_writer import upsert_embeddings
 from ..uploads import check_embeddings, read_bulk, read_npy
@@ -139,6 +140,7 @@ async def post_embeddings(
     run_id: RunId,
     manifest_id: str,
     request: Request,
+    response: Response,
     session: SessionDep,
     dispatcher: DispatcherDep,
     _: RunAccessDep,
@@ -146,12 +148,20 @@ async def post_embeddings(
     """The manifest's embeddings as one ``.npy`` (float16/float32, ``[n, D]``, rows in manifest order).
     Warm-up: stored. Curation: the curated batch (rows to keep, bands, prototype version), computed by a
     worker when one is configured; if none answers in time, 503 + Retry-After. Idempotent. A failing curation
-    step answers 503 (post again) until the run stops, then 409 ``run_failed``."""
-    arr = read_npy(await read_body(request))  # parsed once: a worker gets the array's bytes, not the .npy
-    phase, stored = await run_in_threadpool(manifest_phase, session, run_id, manifest_id)
-    if stored is not None:
-        return stored
-    return await run_in_threadpool(dispatcher.apply_embeddings, session, run_id, manifest_id, arr, phase)
+    step answers 503 (post again) until the run stops, then 409 ``run_failed``. The ``Server-Timing`` header
+    names where the time went."""
+    with collecting() as stages:
+        with stage("read body"):
+            body = await read_body(request)
+        with stage("parse npy"):
+            arr = read_npy(body)  # parsed once: a worker gets the array's bytes, not the .npy
+        with stage("route"):
+            phase, stored = await run_in_threadpool(manifest_phase, session, run_id, manifest_id)
+        answer = stored
+        if answer is None:
+            answer = await run_in_threadpool(dispatcher.apply_embeddings, session, run_id, manifest_id, arr, phase)
+    response.headers["Server-Timing"] = server_timing(stages)
+    return answer
 
 
 @router.post("/manifests/{manifest_id}/ack", response_model=AckOut)

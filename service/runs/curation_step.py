@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from ..curation import BAND_LABELS, Backend, unit_rows, update_prototypes
 from ..errors import ApiError
 from ..models import Manifest, Run
+from ..stages import stage
 from ..storage.decisions import insert_decisions
 from .access import run_config
 from .modes import eligible_rows, ensure_online, select_online
@@ -29,31 +30,35 @@ def curate_step(
     answer is the curated batch. The caller holds the run lock and commits."""
     config = run_config(run)
     ensure_online(config)
-    protos = current_prototypes(session, run, cache)
+    with stage("prototypes"):
+        protos = current_prototypes(session, run, cache)
     if embeddings.shape[1] != protos.shape[1]:
         raise ApiError(422, "bad_width", f"embeddings have width {embeddings.shape[1]}, prototypes {protos.shape[1]}")
-    features = unit_rows(embeddings)
-    eligible = eligible_rows(session, run, manifest.epoch, features, manifest.sample_ids, protos, config, backend)
-    seed = (run.seed, manifest.epoch, manifest.step)
-    selection = select_online(session, run, manifest.epoch, features, protos, config, seed, eligible, backend)
-    moved, usage = update_prototypes(protos, features[selection.keep], config, backend)
+    with stage("select"):
+        features = unit_rows(embeddings)
+        eligible = eligible_rows(session, run, manifest.epoch, features, manifest.sample_ids, protos, config, backend)
+        seed = (run.seed, manifest.epoch, manifest.step)
+        selection = select_online(session, run, manifest.epoch, features, protos, config, seed, eligible, backend)
+    with stage("update"):
+        moved, usage = update_prototypes(protos, features[selection.keep], config, backend)
     used = run.prototype_version
     run.step += 1
     new = store_version(session, run, moved, usage.tolist())
     remember(cache, run.id, new, moved)
-    insert_decisions(
-        session,
-        run.id,
-        np.asarray(manifest.sample_ids, dtype=np.int64),
-        manifest.epoch,
-        run.step,
-        manifest.id,
-        selection.prototype,
-        selection.distance,
-        selection.band,
-        selection.keep,
-        used,
-    )
+    with stage("decisions"):
+        insert_decisions(
+            session,
+            run.id,
+            np.asarray(manifest.sample_ids, dtype=np.int64),
+            manifest.epoch,
+            run.step,
+            manifest.id,
+            selection.prototype,
+            selection.distance,
+            selection.band,
+            selection.keep,
+            used,
+        )
     return {
         "manifest_id": manifest.id,
         "phase": "curation",

@@ -22,6 +22,7 @@ from ..curation import Backend
 from ..errors import ApiError, StepFailure
 from ..models import Embedding, Manifest, Run
 from ..schemas.runs import StoredOut
+from ..stages import stage
 from ..storage.embedding_writer import upsert_embeddings
 from ..uploads import check_embeddings
 from .access import lock_run
@@ -75,16 +76,20 @@ def apply_embeddings(
     and returns the answer (stored with the manifest, so a retry gets it verbatim). A failing curation step is
     noted on the run: the request gets 503 (post again) until the run stops, then 409 ``run_failed``."""
     with _curation_failures_noted(session, run_id, manifest_id, failure_limit):
-        run = lock_run(session, run_id)
-        manifest, expected = open_manifest(session, run, manifest_id)
+        with stage("lock run"):
+            run = lock_run(session, run_id)
+        with stage("open manifest"):
+            manifest, expected = open_manifest(session, run, manifest_id)
         if manifest.acked_at is not None:
             session.rollback()
             return dict(manifest.result or {})  # a retry: the stored answer, the EMA is not applied twice
         ensure_runnable(run)
         if manifest.phase == "subset":
             raise ApiError(409, "wrong_phase", "subset-phase manifests take no embeddings: POST .../ack instead")
-        check_embeddings(arr, len(expected), run_width(session, run.id), "embeddings")
-        upsert_embeddings(session, run.id, np.asarray(expected, dtype=np.int64), arr, manifest.step)
+        with stage("check"):
+            check_embeddings(arr, len(expected), run_width(session, run.id), "embeddings")
+        with stage("store embeddings"):
+            upsert_embeddings(session, run.id, np.asarray(expected, dtype=np.int64), arr, manifest.step)
         if manifest.phase == "warmup":
             result: dict[str, Any] = StoredOut(
                 manifest_id=manifest.id, phase="warmup", epoch=manifest.epoch, step=manifest.step, stored=len(expected)
@@ -93,10 +98,15 @@ def apply_embeddings(
             manifest.sample_ids = expected
             result = curate_step(session, run, manifest, arr, cache, backend)
             clear_failure(run)
-        complete(session, manifest.id)
-        manifest.acked_at, manifest.result = datetime.now(UTC), result
-        advance_if_epoch_done(session, run, init)
-        session.commit()
+        with stage("flush"):  # the run's step and version, the new prototype version row
+            session.flush()
+        with stage("complete"):
+            complete(session, manifest.id)
+        with stage("advance"):
+            manifest.acked_at, manifest.result = datetime.now(UTC), result
+            advance_if_epoch_done(session, run, init)
+        with stage("commit"):
+            session.commit()
         return result
 
 
