@@ -24,6 +24,7 @@ from .errors import ApiError
 from .models import Decision, PrototypeVersion, Run, Sample
 from .runs.access import in_pool, run_config
 from .runs.modes import run_modes
+from .runs.prototypes import version_vectors
 from .schemas.admin import BandCounts, LabelShare, PrototypeDrift, PrototypeStats, RunStats
 from .schemas.runs import RunError
 
@@ -70,15 +71,11 @@ def prototype_stats(session: Session, run: Run, latest: PrototypeVersion | None)
     ]
 
 
-def _vectors(version: PrototypeVersion) -> NDArray[np.float32]:
-    return np.frombuffer(version.vectors, dtype=np.float32).reshape(version.k, version.dim)
-
-
 def prototype_drift(first: PrototypeVersion | None, latest: PrototypeVersion | None) -> PrototypeDrift | None:
     """Euclidean distance each prototype moved from the first version to the latest."""
     if first is None or latest is None:
         return None
-    a, b = _vectors(first).astype(np.float64), _vectors(latest).astype(np.float64)
+    a, b = version_vectors(first).astype(np.float64), version_vectors(latest).astype(np.float64)
     if a.shape != b.shape:
         raise ApiError(409, "prototype_shape_changed", f"prototype versions have shapes {a.shape} and {b.shape}")
     per = np.linalg.norm(b - a, axis=1)
@@ -90,7 +87,8 @@ def prototype_drift(first: PrototypeVersion | None, latest: PrototypeVersion | N
     )
 
 
-def _version(session: Session, run: Run, newest: bool) -> PrototypeVersion | None:
+def edge_version(session: Session, run: Run, newest: bool) -> PrototypeVersion | None:
+    """The run's latest (``newest``) or first stored prototype version; None before warm-up."""
     order = PrototypeVersion.version.desc() if newest else PrototypeVersion.version.asc()
     return session.scalar(select(PrototypeVersion).where(PrototypeVersion.run_id == run.id).order_by(order).limit(1))
 
@@ -155,7 +153,7 @@ def run_compute_fraction(run: Run, ratio: float) -> float:
 
 def run_stats(session: Session, run: Run) -> RunStats:
     total, seen, subset, ratio = subset_figures(session, run)
-    latest = _version(session, run, newest=True)
+    latest = edge_version(session, run, newest=True)
     first, last = curation_window(run)
     return RunStats(
         run_id=run.id,
@@ -172,7 +170,7 @@ def run_stats(session: Session, run: Run) -> RunStats:
         compute_fraction=run_compute_fraction(run, ratio),
         band_counts=band_counts(session, run),
         prototypes=prototype_stats(session, run, latest),
-        prototype_drift=prototype_drift(_version(session, run, newest=False), latest),
+        prototype_drift=prototype_drift(edge_version(session, run, newest=False), latest),
         label_enrichment=label_enrichment(session, run, total, int(subset)),
         prototype_version=run.prototype_version,
         model_id=run.model_id,

@@ -27,6 +27,12 @@ F = TypeVar("F", bound=Callable[..., Any])
 _STREAMED: set[Callable[..., Any]] = set()
 
 
+#: OpenAPI for routes whose body is a raw upload (.npy / .npz bytes), which FastAPI cannot infer from the signature
+BINARY_BODY: dict[str, Any] = {
+    "requestBody": {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}
+}
+
+
 def streamed_body(endpoint: F) -> F:
     """Mark a route that reads a large body itself, chunk by chunk (it gets the upload limit, not the JSON one)."""
     _STREAMED.add(endpoint)

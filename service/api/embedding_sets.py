@@ -17,7 +17,7 @@ from ..models import NamedSet
 from ..schemas.embedding_sets import EmbeddingSetCreate, EmbeddingSetOut, SetUploadOut
 from ..storage.embedding_sets import load_set, set_shape, store_in_set
 from ..uploads import read_bulk
-from .body import spool_body, streamed_body
+from .body import BINARY_BODY, spool_body, streamed_body
 from .deps import AdminDep, DatasetId, SessionDep, SetId, SettingsDep
 
 router = APIRouter(tags=["embedding sets"])
@@ -89,9 +89,7 @@ def _upload(session: Session, set_id: int, file: IO[bytes], settings: Settings) 
 @router.post(
     "/v1/embedding-sets/{set_id}/embeddings",
     response_model=SetUploadOut,
-    openapi_extra={
-        "requestBody": {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}
-    },
+    openapi_extra=BINARY_BODY,
 )
 @streamed_body
 async def upload_to_set(

@@ -36,7 +36,7 @@ from ..stages import collecting, server_timing, stage
 from ..storage.embedding_sets import sample_ids_of
 from ..storage.embedding_writer import upsert_embeddings
 from ..uploads import check_embeddings, read_bulk, read_npy
-from .body import read_body, spool_body, streamed_body
+from .body import BINARY_BODY, read_body, spool_body, streamed_body
 from .deps import AdminDep, DispatcherDep, RunAccessDep, RunId, SampleId, SessionDep, SettingsDep, StepNo
 
 router = APIRouter(prefix="/v1/runs/{run_id}", tags=["manifests"])
@@ -131,9 +131,7 @@ def next_manifest(
 @router.post(
     "/manifests/{manifest_id}/embeddings",
     response_model=CuratedBatch | StoredOut,
-    openapi_extra={
-        "requestBody": {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}
-    },
+    openapi_extra=BINARY_BODY,
 )
 @streamed_body
 async def post_embeddings(
@@ -257,9 +255,7 @@ def _bulk(session: Session, run_id: int, file: Any, settings: Settings) -> BulkO
 @router.post(
     "/embeddings",
     response_model=BulkOut,
-    openapi_extra={
-        "requestBody": {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}
-    },
+    openapi_extra=BINARY_BODY,
 )
 @streamed_body
 async def bulk_embeddings(

@@ -23,7 +23,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from ..errors import ApiError
 from ..jobs.neighbours import current_key, database_namespace
-from ..models import PrototypeVersion, Run, Sample
+from ..models import Run, Sample
+from ..runs.prototypes import version_vectors
+from ..stats import edge_version
 from ..storage.embedding_reader import read_embeddings, stored_ids
 from .sample import latest_decisions
 
@@ -130,12 +132,10 @@ def _prototypes(
     session: Session, run: Run, mean: NDArray[np.float64], components: NDArray[np.float64]
 ) -> list[dict[str, Any]]:
     """The latest prototypes p_k projected like the rows (none when their width differs from the rows')."""
-    latest = session.scalar(
-        select(PrototypeVersion).where(PrototypeVersion.run_id == run.id).order_by(PrototypeVersion.version.desc())
-    )
+    latest = edge_version(session, run, newest=True)
     if latest is None or latest.dim != len(mean):
         return []
-    vectors = np.frombuffer(latest.vectors, dtype=np.float32).reshape(latest.k, latest.dim)
+    vectors = version_vectors(latest)
     xy = (vectors - mean) @ components.T
     return [
         {"id": k, "x": round(float(p[0]), 5), "y": round(float(p[1]), 5) if len(p) > 1 else 0.0}

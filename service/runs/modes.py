@@ -30,6 +30,7 @@ from ..curation import (
 )
 from ..errors import ApiError
 from ..models import Decision, Embedding, Run, Sample
+from ..storage.embedding_reader import half_rows
 
 #: ``Run.progress`` key of the online controller's record
 TARGET_PROGRESS = "target_ratio"
@@ -67,9 +68,7 @@ def subset_memory(
     ).all()
     if not rows:
         return np.empty((0, 0), dtype=np.float32), []
-    dim = rows[0][1]
-    half = np.frombuffer(b"".join(r[0] for r in rows), dtype="<f2").reshape(len(rows), dim)
-    return unit_rows(half), [r[2] for r in rows]
+    return unit_rows(half_rows([r[0] for r in rows], rows[0][1])), [r[2] for r in rows]
 
 
 def eligible_rows(

@@ -52,6 +52,11 @@ class RefreshResult:
     store_seconds: float
 
 
+def version_vectors(version: PrototypeVersion) -> NDArray[np.float32]:
+    """A stored version's prototypes p_k as ``[K, D]`` float32 (a read-only view of its bytes)."""
+    return np.frombuffer(version.vectors, dtype=np.float32).reshape(version.k, version.dim)
+
+
 def current_prototypes(session: Session, run: Run, cache: PrototypeCache | None = None) -> NDArray[np.float32]:
     key = (run.id, run.prototype_version)
     if cache is not None and key in cache:
@@ -59,7 +64,7 @@ def current_prototypes(session: Session, run: Run, cache: PrototypeCache | None 
     version = session.get(PrototypeVersion, key)
     if version is None:
         raise StepFailure(409, "no_prototypes", f"run {run.id} has no prototypes yet (phase {run.phase})")
-    protos = np.frombuffer(version.vectors, dtype=np.float32).reshape(version.k, version.dim)
+    protos = version_vectors(version)
     try:
         check_prototypes(protos)
     except ValueError as exc:  # e.g. written by an older release from unchecked embeddings

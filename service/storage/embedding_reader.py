@@ -29,7 +29,7 @@ import importlib
 import os
 import select
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -112,6 +112,11 @@ class EmbeddingSet:
 
 #: called with the set once it is counted, before any vector is read; raises to refuse the read
 Check = Callable[[EmbeddingSet], None]
+
+
+def half_rows(vectors: Sequence[bytes], dim: int) -> NDArray[np.float16]:
+    """Stored ``vector`` column values (little-endian float16, ``dim`` each) as one ``[n, dim]`` array."""
+    return np.frombuffer(b"".join(vectors), dtype="<f2").reshape(len(vectors), dim)
 
 
 def refuse_unreadable(meta: EmbeddingSet) -> None:
@@ -520,7 +525,7 @@ def _orm_scan(
             )
             for part in session.execute(stmt).partitions():
                 chunk_ids = np.fromiter((r[0] for r in part), dtype=np.int64, count=len(part))
-                half = np.frombuffer(b"".join(r[1] for r in part), dtype="<f2").reshape(len(part), meta.dim)
+                half = half_rows([r[1] for r in part], meta.dim)
                 target.put(position, chunk_ids, half)
                 position += len(part)
     target.finish()
