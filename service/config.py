@@ -82,6 +82,12 @@ class Settings(BaseSettings):
         return roots
 
     @property
+    def handover_ttl_seconds(self) -> int:
+        """How long a handed-over batch and its reply stay in Redis: well past the API's wait, so a worker that picks
+        the batch up late still finds it, and an answer nobody waited for still expires."""
+        return max(600, int(self.curation_wait_seconds * 4))
+
+    @property
     def embedded(self) -> bool:
         """The embedded default: no broker and a SQLite database (one process on one machine, e.g. ``make demo``)."""
         return not self.broker_url and self.database_url.startswith("sqlite")

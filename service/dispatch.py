@@ -190,7 +190,7 @@ class Queued(Dispatcher):
         if phase != "curation":
             return super().apply_embeddings(session, run_id, manifest_id, arr, phase)
         session.close()  # do not hold a pooled connection while waiting for the worker
-        ttl = max(600, int(self.settings.curation_wait_seconds * 4))
+        ttl = self.settings.handover_ttl_seconds
         with stage("hand-over"):
             handover = self._broker(lambda: hand_over(self.redis, manifest_id, arr, ttl))
         with stage("dispatch"):

@@ -72,7 +72,7 @@ def curate_manifest(run_id: int, manifest_id: str, handed_over: dict[str, Any]) 
     word that the step could not finish goes back on the hand-over's reply list with the step's stage timings.
     An unexpected failure still fails the task, after the API was told."""
     state, handover = worker_state(), Handover.from_arg(handed_over)
-    ttl = max(600, int(get_settings().curation_wait_seconds * 4))
+    ttl = get_settings().handover_ttl_seconds
     with collecting() as stages:
         try:
             reply: dict[str, Any] = {"answer": _curate(state, run_id, manifest_id, handover)}
