@@ -172,6 +172,9 @@ def train_command(
     resume: Annotated[bool, typer.Option(help="continue from OUT/latest.pt when it exists")] = False,
     prefetch: Annotated[int, typer.Option(min=1, help="manifests leased and loaded ahead")] = 2,
     workers: Annotated[int, typer.Option(min=1, help="image loading threads")] = 4,
+    image_cache_mb: Annotated[
+        int, typer.Option(min=0, help="keep decoded images in memory between epochs, up to this many MiB (0: off)")
+    ] = 0,
     seed: Annotated[int, typer.Option()] = 0,
     metrics: Annotated[Path | None, typer.Option(help="JSONL metrics (default: OUT/metrics.jsonl)")] = None,
     tensorboard: Annotated[Path | None, typer.Option(help="TensorBoard log dir (needs tensorboard)")] = None,
@@ -191,8 +194,9 @@ def train_command(
             select_mode=select_mode,  # type: ignore[arg-type]
             lr=lr, weight_decay=weight_decay, lr_warmup_steps=lr_warmup_steps, total_steps=total_steps,
             grad_clip=grad_clip or None, accumulate=accumulate, max_steps=max_steps,
-            checkpoint_every=checkpoint_every, resume=resume, prefetch=prefetch, workers=workers, seed=seed,
-            metrics=metrics or out / "metrics.jsonl", tensorboard=tensorboard, progress=progress,
+            checkpoint_every=checkpoint_every, resume=resume, prefetch=prefetch, workers=workers,
+            image_cache_mb=image_cache_mb, seed=seed, metrics=metrics or out / "metrics.jsonl", tensorboard=tensorboard,
+            progress=progress,
         )  # fmt: skip
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from trainer.image_cache import CacheKey, ImageCache
 from trainer.model import IMAGENET_MEAN, IMAGENET_STD
 
 DICOM_SUFFIXES = {".dcm", ".dicom", ".dic"}
@@ -286,20 +287,36 @@ def encode_batch(
     workers: int = 4,
     max_tokens: int = 256,
     executor: Executor | None = None,
+    cache: ImageCache | None = None,
 ) -> Batch:
     """Load a manifest's images in parallel threads (PIL resizing and the DICOM decoders release the GIL) and
-    collate them. Pass a long-lived ``executor`` to avoid starting threads for every batch."""
+    collate them. Pass a long-lived ``executor`` to avoid starting threads for every batch, and a ``cache`` to keep
+    decoded images between epochs."""
     root = Path(root)
 
     def one(pair: tuple[int, Any]) -> LoadedItem:
         return load_item(pair[0], pair[1], root, transform)
 
     pairs = list(enumerate(items))
+    loaded: list[LoadedItem | None] = [None] * len(pairs)
+    keys: list[CacheKey] = []
+    if cache is not None and cache.enabled:  # hits are answered here, without a thread or a file system call
+        described = repr(transform)
+        keys = [(str(root), str(_field(item, "image_uri")), described) for item in items]
+        for i, key in enumerate(keys):
+            pixels = cache.get(key)
+            if pixels is not None:
+                loaded[i] = LoadedItem(i, int(_field(items[i], "sample_id")), _field(items[i], "report") or "", pixels)
+    missing = [p for p in pairs if loaded[p[0]] is None]
     if executor is not None:
-        loaded = list(executor.map(one, pairs))
-    elif workers <= 1 or len(pairs) <= 1:
-        loaded = [one(p) for p in pairs]
+        fresh = list(executor.map(one, missing))
+    elif workers <= 1 or len(missing) <= 1:
+        fresh = [one(p) for p in missing]
     else:
-        with ThreadPoolExecutor(max_workers=min(workers, len(pairs)), thread_name_prefix="load-image") as pool:
-            loaded = list(pool.map(one, pairs))
-    return collate(loaded, tokenizer, max_tokens, transform.image_size)
+        with ThreadPoolExecutor(max_workers=min(workers, len(missing)), thread_name_prefix="load-image") as pool:
+            fresh = list(pool.map(one, missing))
+    for got in fresh:
+        loaded[got.index] = got
+        if keys and cache is not None and got.pixel_values is not None:
+            cache.put(keys[got.index], got.pixel_values)
+    return collate([x for x in loaded if x is not None], tokenizer, max_tokens, transform.image_size)

@@ -27,6 +27,7 @@ from .checkpoint import LATEST, load_checkpoint, save_checkpoint
 from .client import ServiceClient, ServiceError
 from .data import Batch, ImageTransform, encode_batch, tokenize
 from .distributed import World, barrier, broadcast_object, cleanup, gather_objects, gather_rows, init_distributed
+from .image_cache import ImageCache
 from .loss import clip_loss
 from .model import ClipConfig, ClipModel, build_model, preset_config
 from .prefetch import BackgroundAcks, ManifestFeed, Prefetcher
@@ -66,6 +67,8 @@ class TrainConfig:
     resume: bool = False
     prefetch: int = 2
     workers: int = 4
+    #: decoded images kept in memory between epochs, in MiB (0: off); see trainer.image_cache
+    image_cache_mb: int = 0
     seed: int = 0
     metrics: Path | None = None
     tensorboard: Path | None = None
@@ -168,9 +171,15 @@ class Trainer:
     """State of one training process; :func:`train` runs it."""
 
     def __init__(
-        self, config: TrainConfig, world: World, client: ServiceClient | None, model: ClipModel | None = None
+        self,
+        config: TrainConfig,
+        world: World,
+        client: ServiceClient | None,
+        model: ClipModel | None = None,
+        image_cache: ImageCache | None = None,
     ) -> None:
-        """``model``: an already built model to train instead of ``config.model``'s preset."""
+        """``model``: an already built model to train instead of ``config.model``'s preset; ``image_cache``: one
+        shared with other trainings instead of ``config.image_cache_mb`` of this one's own."""
         self.cfg, self.world, self.client = config, world, client
         self.device = torch.device(config.device or "cpu")
         if config.amp == "fp16" and self.device.type != "cuda":
@@ -186,6 +195,7 @@ class Trainer:
         self.transform = ImageTransform(
             self.model.config.image_size, self.model.config.image_mean, self.model.config.image_std
         )
+        self.image_cache = image_cache if image_cache is not None else ImageCache(config.image_cache_mb * 2**20)
         self.images = ThreadPoolExecutor(max_workers=max(1, config.workers), thread_name_prefix="load-image")
         self.summary = Summary(run_id=config.run_id)
         self.step = 0  # manifests processed by this run's trainer (across restarts)
@@ -307,6 +317,7 @@ class Trainer:
             self.model.tokenizer,
             max_tokens=self.model.config.max_tokens,
             executor=self.images,
+            cache=self.image_cache,
         )
         # positions in the manifest: this rank holds items rank, rank + size, ...
         batch.indices = [self.world.rank + i * self.world.size for i in batch.indices]
@@ -520,12 +531,13 @@ def _session(config: TrainConfig) -> Iterator[tuple[World, ServiceClient | None]
         cleanup()
 
 
-def train(config: TrainConfig, model: ClipModel | None = None) -> Summary:
+def train(config: TrainConfig, model: ClipModel | None = None, image_cache: ImageCache | None = None) -> Summary:
     """Train on a run until the service says it is done (or ``max_steps``); resumable from ``out/latest.pt``.
 
-    ``model``: an already built model instead of ``config.model``'s preset (a benchmark shares one text cache)."""
+    ``model``: an already built model instead of ``config.model``'s preset (a benchmark shares one text cache);
+    ``image_cache``: decoded images shared with other trainings (a benchmark's arms read the same files)."""
     with _session(config) as (world, client):
-        trainer = Trainer(config, world, client, model)
+        trainer = Trainer(config, world, client, model, image_cache)
         if config.resume:
             trainer.restore()
         return trainer.fit()
