@@ -656,6 +656,39 @@ def paired_table(results: list[ArmResult], data: str, base: str = "full") -> str
     return "\n".join(lines)
 
 
+def finding_table(results: list[ArmResult], data: DataSet) -> str:
+    """Per finding: training prevalence, test positives, each arm's zero-shot AUC (mean ± sd over seeds) and how
+    much the online subset enriched it: where curation gains or loses, finding by finding."""
+    rows = [r for r in results if r.data == data.name]
+    arms = [a for a in ARMS if any(r.arm == a for r in rows)]
+    if not rows or not data.long_tailed:
+        return ""
+    head = "| finding | train prevalence | test positives | " + " | ".join(SHORT_LABEL[a] for a in arms)
+    lines = [head.replace("\n", " ") + " | online subset enrichment |", "|---" * (len(arms) + 4) + "|"]
+    for name in data.labels:
+        aucs = {a: [r.evaluation["auc"].get(name) for r in rows if r.arm == a] for a in arms}
+        if all(mean_sd(v) is None for v in aucs.values()):
+            continue
+        positives = rows[0].evaluation["counts"].get(name)
+        enrichment = [(r.composition.get("labels") or {}).get(name, {}).get("ratio") for r in rows if r.arm == "online"]
+        cells = [pm(aucs[a]) for a in arms] + [pm(enrichment, 2, suffix="×")]
+        shown = positives["positive"] if isinstance(positives, dict) else positives
+        lines.append(f"| {name} | {data.train_prevalence[name]:.4f} | {shown} | " + " | ".join(cells) + " |")
+    # the macro mean again without the findings whose AUC rests on a handful of test positives
+    counted = [name for name, c in rows[0].evaluation["counts"].items() if c["positive"] >= MIN_POSITIVES]
+    cells = []
+    for arm in arms:
+        means = [np.mean([r.evaluation["auc"][n] for n in counted]) for r in rows if r.arm == arm]
+        cells.append(pm([float(m) for m in means]))
+    lines.append(f"| _macro AUC, the {len(counted)} findings with ≥ {MIN_POSITIVES} test positives_ | | | "
+                 + " | ".join(cells) + " | |")  # fmt: skip
+    return "\n".join(lines)
+
+
+#: a finding's test AUC is read as reliable from this many positive test studies on
+MIN_POSITIVES = 10
+
+
 def targets(results: list[ArmResult], data: str) -> list[dict[str, Any]]:
     """The issue's targets for the online arm, each with the measured value and met / missed."""
     out: list[dict[str, Any]] = []
@@ -897,6 +930,7 @@ def render(
         "composition": {d.name: composition_table(results, d) for d in datasets},
         "bands": {d.name: band_table(results, d.name) for d in datasets},
         "paired": {d.name: paired_table(results, d.name) for d in datasets},
+        "findings": {d.name: finding_table(results, d) for d in datasets},
         "targets": {d.name: targets(results, d.name) for d in datasets},
         "plots": [str(p) for p in pictures],
     }
@@ -980,7 +1014,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     report = replot(settings) if "--replot" in (sys.argv[1:] if argv is None else argv) else run(settings)
     for name, text in report["tables"].items():
         print(f"\n### {name}\n\n{text}\n\n{report['paired'][name]}\n\n{targets_table(report['targets'][name])}")
-        print(f"\n{report['composition'][name]}\n\n{report['bands'][name]}")
+        print(f"\n{report['composition'][name]}\n\n{report['bands'][name]}\n\n{report['findings'][name]}")
     print(f"\nwall {report['wall_s']:.0f} s; results in {settings.work / 'results.json'}")
     print(json.dumps({"wall_s": round(report["wall_s"], 1), "results": str(settings.work / "results.json")}))
 

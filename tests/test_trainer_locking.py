@@ -1,5 +1,5 @@
-"""Locked towers (open_clip's --lock-text / --lock-image), the locked text tower's cache, the minilm-cnn preset and
-towers loaded from local checkpoint directories. Offline: no model hub."""
+"""Locked towers (open_clip's --lock-text / --lock-image), the locked text tower's cache and its prefill, the
+minilm-cnn presets and towers loaded from local checkpoint directories. Offline: no model hub."""
 
 from __future__ import annotations
 
@@ -88,6 +88,37 @@ def test_cache_filled_under_inference_mode_serves_training(minilm_cnn: ClipModel
     clip_loss(img, txt, scale).backward()
     assert model.text_projection[1].weight.grad is not None
     model.zero_grad()
+
+
+def test_prefill_encodes_each_distinct_report_once_and_matches_training_lookups(minilm_cnn: ClipModel) -> None:
+    model = minilm_cnn.eval()
+    cache = model.text_cache
+    assert cache is not None
+    cache.store.clear()
+    cache.hits = cache.misses = 0
+    corpus = [*REPORTS, "Right upper lobe mass.", REPORTS[1]]
+    new = cache.prefill(model.tokenizer, corpus, model.locked_text_features, model.config.max_tokens, batch_size=2)
+    assert new == len(cache) == 4  # four distinct of six rows: the duplicates were dropped before encoding
+    assert cache.prefill(model.tokenizer, corpus, model.locked_text_features, model.config.max_tokens) == 0
+    misses = cache.misses
+    ids, mask = tokenize(model.tokenizer, corpus, model.config.max_tokens)
+    looked_up = model.text_features(ids, mask)  # a training batch: every row a hit, padded differently
+    assert cache.misses == misses
+    torch.testing.assert_close(looked_up, model.locked_text_features(ids, mask), rtol=1e-4, atol=1e-5)
+    assert not looked_up.is_inference()  # filled under inference mode, usable by a training step
+
+
+def test_minilm_cnn32_is_the_same_recipe_at_32_px() -> None:
+    small, base = preset_config("minilm-cnn32"), preset_config("minilm-cnn")
+    assert (small.image_size, base.image_size) == (32, 64)
+    assert small.lock_text and small.text == base.text and small.proj_dim == base.proj_dim
+    torch.manual_seed(0)
+    model = build_model("minilm-cnn32").train()
+    img, txt, scale = model(*_inputs(model, REPORTS))
+    assert img.shape == txt.shape == (4, 128)
+    clip_loss(img, txt, scale).backward()
+    assert model.vision.blocks[0][0].weight.grad is not None
+    assert all(p.grad is None for p in model.text.parameters())
 
 
 def test_partly_unlocked_text_tower_trains_its_last_layers_uncached() -> None:

@@ -75,6 +75,7 @@ def test_fp16_amp_needs_cuda(tmp_path) -> None:
         ({"accumulate": 0}, "accumulate"),
         ({"select_mode": "maybe"}, "select_mode"),
         ({"expected_subset_ratio": 0}, "subset_ratio"),
+        ({"image_cache_mb": -1}, "image_cache_mb"),
     ],
 )
 def test_bad_knobs_are_refused_by_name(knobs, message) -> None:

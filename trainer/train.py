@@ -93,6 +93,8 @@ class TrainConfig:
             raise ValueError(f"amp must be off, bf16 or fp16, got {self.amp!r}")
         if self.select_mode not in ("grad", "nograd"):
             raise ValueError(f"select_mode must be grad or nograd, got {self.select_mode!r}")
+        if self.image_cache_mb < 0:
+            raise ValueError(f"image_cache_mb must be >= 0, got {self.image_cache_mb}")
         if not 0 < self.expected_subset_ratio <= 1:
             raise ValueError(f"expected_subset_ratio must be in (0, 1], got {self.expected_subset_ratio}")
 
