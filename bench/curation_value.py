@@ -279,7 +279,9 @@ class Bench:
             r.report for d in datasets for r in d.test_rows if r.report
         ]
         started = time.perf_counter()
-        new = self.text_cache.prefill(model.tokenizer, reports, model.locked_text_features, model.config.max_tokens)
+        new = self.text_cache.prefill(
+            reports, lambda texts: tokenize(model.tokenizer, texts, model.config.max_tokens), model.locked_text_features
+        )
         self.log(f"text tower: {new:,} distinct reports encoded in {time.perf_counter() - started:.0f} s")
 
     def model(self, seed: int) -> ClipModel:
@@ -781,8 +783,10 @@ def plots(results: list[ArmResult], datasets: list[DataSet], out: Path) -> list[
 
     written: list[Path] = []
     shown = (("macro_auc", "macro AUC"), ("rare_auc", "rare-third AUC"), ("report_prompt_auc", "AUC, report prompts"))
+    # a set read with its report prompts (COVID) has a meaningless generic-prompt macro AUC: not plotted
     panels = [(d, key, label) for d in datasets for key, label in shown
-              if any(r.evaluation.get(key) is not None for r in results if r.data == d.name)]  # fmt: skip
+              if any(r.evaluation.get(key) is not None for r in results if r.data == d.name)
+              and not (key == "macro_auc" and d.report_prompts is not None)]  # fmt: skip
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2), squeeze=False)
     markers = dict(zip(ARMS, "osD^vP", strict=True))
     for ax, (data, key, label) in zip(axes[0], panels, strict=True):

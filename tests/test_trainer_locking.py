@@ -97,9 +97,13 @@ def test_prefill_encodes_each_distinct_report_once_and_matches_training_lookups(
     cache.store.clear()
     cache.hits = cache.misses = 0
     corpus = [*REPORTS, "Right upper lobe mass.", REPORTS[1]]
-    new = cache.prefill(model.tokenizer, corpus, model.locked_text_features, model.config.max_tokens, batch_size=2)
+
+    def texts(batch):
+        return tokenize(model.tokenizer, batch, model.config.max_tokens)
+
+    new = cache.prefill(corpus, texts, model.locked_text_features, batch_size=2)
     assert new == len(cache) == 4  # four distinct of six rows: the duplicates were dropped before encoding
-    assert cache.prefill(model.tokenizer, corpus, model.locked_text_features, model.config.max_tokens) == 0
+    assert cache.prefill(corpus, texts, model.locked_text_features) == 0
     misses = cache.misses
     ids, mask = tokenize(model.tokenizer, corpus, model.config.max_tokens)
     looked_up = model.text_features(ids, mask)  # a training batch: every row a hit, padded differently

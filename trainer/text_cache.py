@@ -4,7 +4,6 @@ templates, normal studies), and the same report always gives the same output fro
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import torch
 
@@ -61,24 +60,21 @@ class TextFeatureCache:
 
     def prefill(
         self,
-        tokenizer: Any,
         reports: Sequence[str],
+        tokenize: Callable[[Sequence[str]], tuple[torch.Tensor, torch.Tensor]],
         compute: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-        max_tokens: int,
         batch_size: int = 32,
     ) -> int:
         """Encode ``reports`` ahead of training, shortest first in small batches, and return how many were new.
 
-        A training batch pads its misses to their longest report; sorted batches pad little, which on two CPU
-        cores made MiniLM 2.3x faster (255 against 110 reports/s, in a corpus of 53 tokens on average)."""
-        from .data import tokenize  # the tokenizer helper lives with the data loading
-
+        A training batch pads its misses to their longest report; batches of similar length pad little, which on
+        two CPU cores made MiniLM about 1.9x faster (189 against 100 reports/s over 2,048 synthetic reports).
+        ``tokenize`` maps texts to padded ``(input_ids, attention_mask)``; repeated reports are encoded once."""
         before = self.misses
         unique = list(dict.fromkeys(reports))
-        lengths = [len(ids) for ids in tokenizer(unique, truncation=True, max_length=max_tokens)["input_ids"]]
-        ordered = [text for _, text in sorted(zip(lengths, unique, strict=True), key=lambda pair: pair[0])]
+        lengths = tokenize(unique)[1].sum(dim=1).tolist() if unique else []
+        ordered = [unique[i] for i in sorted(range(len(unique)), key=lengths.__getitem__)]
         with torch.inference_mode():
             for start in range(0, len(ordered), batch_size):
-                input_ids, attention_mask = tokenize(tokenizer, ordered[start : start + batch_size], max_tokens)
-                self.features(input_ids, attention_mask, compute)
+                self.features(*tokenize(ordered[start : start + batch_size]), compute)
         return self.misses - before
