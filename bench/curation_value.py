@@ -105,7 +105,7 @@ T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8
 @dataclass
 class Settings:
     train: int = 20000
-    test: int = 2000
+    test: int = 10000
     size: int = 32
     data_seed: int = 0
     seeds: tuple[int, ...] = (0, 1, 2)
