@@ -247,15 +247,18 @@ class Batch:
         )
 
 
+def loaded_item(index: int, item: Any, pixels: torch.Tensor | None, error: str | None = None) -> LoadedItem:
+    """A manifest item with its pixels (decoded now or cached), or with the reason it could not be read."""
+    return LoadedItem(index, int(_field(item, "sample_id")), _field(item, "report") or "", pixels, error)
+
+
 def load_item(index: int, item: Any, root: Path, transform: ImageTransform) -> LoadedItem:
     """Load and transform one manifest item; never raises for a bad image (the reason goes into ``error``)."""
-    sample_id = int(_field(item, "sample_id"))
-    report = _field(item, "report") or ""
     try:
         pixels = transform(load_image(resolve_image_path(root, str(_field(item, "image_uri")))))
     except UnreadableImage as exc:
-        return LoadedItem(index, sample_id, report, None, exc.reason)
-    return LoadedItem(index, sample_id, report, pixels)
+        return loaded_item(index, item, None, exc.reason)
+    return loaded_item(index, item, pixels)
 
 
 def collate(loaded: Sequence[LoadedItem], tokenizer: Any, max_tokens: int = 256, image_size: int = 0) -> Batch:
@@ -306,7 +309,7 @@ def encode_batch(
         for i, key in enumerate(keys):
             pixels = cache.get(key)
             if pixels is not None:
-                loaded[i] = LoadedItem(i, int(_field(items[i], "sample_id")), _field(items[i], "report") or "", pixels)
+                loaded[i] = loaded_item(i, items[i], pixels)
     missing = [p for p in pairs if loaded[p[0]] is None]
     if executor is not None:
         fresh = list(executor.map(one, missing))
