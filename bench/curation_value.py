@@ -273,8 +273,11 @@ class Bench:
 
     def prefill_text(self, datasets: Sequence[DataSet]) -> None:
         """Every report of every set through the locked text tower once, before any arm (shortest first, see
-        ``TextFeatureCache.prefill``): the arms then only look their reports up."""
+        ``TextFeatureCache.prefill``): the arms then only look their reports up. Nothing to do for a preset whose
+        text tower trains (it has no cache)."""
         model = self.model(0).eval()
+        if model.text_cache is None:
+            return
         reports = [r.get("report") or "" for d in datasets for r in d.rows] + [
             r.report for d in datasets for r in d.test_rows if r.report
         ]
@@ -658,6 +661,10 @@ def paired_table(results: list[ArmResult], data: str, base: str = "full") -> str
     return "\n".join(lines)
 
 
+#: a finding's test AUC is read as reliable from this many positive test studies on
+MIN_POSITIVES = 10
+
+
 def finding_table(results: list[ArmResult], data: DataSet) -> str:
     """Per finding: training prevalence, test positives, each arm's zero-shot AUC (mean ± sd over seeds) and how
     much the online subset enriched it: where curation gains or loses, finding by finding."""
@@ -671,11 +678,10 @@ def finding_table(results: list[ArmResult], data: DataSet) -> str:
         aucs = {a: [r.evaluation["auc"].get(name) for r in rows if r.arm == a] for a in arms}
         if all(mean_sd(v) is None for v in aucs.values()):
             continue
-        positives = rows[0].evaluation["counts"].get(name)
+        positives = rows[0].evaluation["counts"][name]["positive"]
         enrichment = [(r.composition.get("labels") or {}).get(name, {}).get("ratio") for r in rows if r.arm == "online"]
         cells = [pm(aucs[a]) for a in arms] + [pm(enrichment, 2, suffix="×")]
-        shown = positives["positive"] if isinstance(positives, dict) else positives
-        lines.append(f"| {name} | {data.train_prevalence[name]:.4f} | {shown} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | {data.train_prevalence[name]:.4f} | {positives} | " + " | ".join(cells) + " |")
     # the macro mean again without the findings whose AUC rests on a handful of test positives
     counted = [name for name, c in rows[0].evaluation["counts"].items() if c["positive"] >= MIN_POSITIVES]
     cells = []
@@ -685,10 +691,6 @@ def finding_table(results: list[ArmResult], data: DataSet) -> str:
     lines.append(f"| _macro AUC, the {len(counted)} findings with ≥ {MIN_POSITIVES} test positives_ | | | "
                  + " | ".join(cells) + " | |")  # fmt: skip
     return "\n".join(lines)
-
-
-#: a finding's test AUC is read as reliable from this many positive test studies on
-MIN_POSITIVES = 10
 
 
 def targets(results: list[ArmResult], data: str) -> list[dict[str, Any]]:
@@ -883,8 +885,7 @@ def run(settings: Settings) -> dict[str, Any]:
     with EmbeddedService(settings.work / "service") as service, service.admin() as api:
         log(f"service at {service.url} (SQLite, tasks in-process)")
         bench = Bench(settings, service, api, log)
-        if bench.model(0).text_cache is not None:
-            bench.prefill_text(datasets)
+        bench.prefill_text(datasets)
 
         def checkpoint() -> None:
             text = json.dumps(raw_report(settings, results, started, load_before), default=str)
