@@ -13,6 +13,7 @@ from trainer.data import tokenize
 from trainer.locking import fully_locked, layer_groups
 from trainer.loss import clip_loss
 from trainer.model import ClipConfig, ClipModel, build_model, preset_config, random_shift
+from trainer.text_cache import TextFeatureCache
 from trainer.train import TrainConfig
 
 REPORTS = [
@@ -51,12 +52,17 @@ def test_minilm_cnn_trains_the_conv_net_and_projections_only(minilm_cnn: ClipMod
     model.zero_grad()
 
 
-def test_locked_text_outputs_are_cached_and_equal_uncached(minilm_cnn: ClipModel) -> None:
-    model = minilm_cnn.eval()
+def _empty_cache(model: ClipModel) -> TextFeatureCache:
     cache = model.text_cache
     assert cache is not None
     cache.store.clear()
     cache.hits = cache.misses = 0
+    return cache
+
+
+def test_locked_text_outputs_are_cached_and_equal_uncached(minilm_cnn: ClipModel) -> None:
+    model = minilm_cnn.eval()
+    cache = _empty_cache(model)
     ids, mask = tokenize(model.tokenizer, REPORTS, model.config.max_tokens)
     first = model.text_features(ids, mask)
     # three distinct reports among four rows: the repeat in the same batch is already a hit
@@ -92,10 +98,7 @@ def test_cache_filled_under_inference_mode_serves_training(minilm_cnn: ClipModel
 
 def test_prefill_encodes_each_distinct_report_once_and_matches_training_lookups(minilm_cnn: ClipModel) -> None:
     model = minilm_cnn.eval()
-    cache = model.text_cache
-    assert cache is not None
-    cache.store.clear()
-    cache.hits = cache.misses = 0
+    cache = _empty_cache(model)
     corpus = [*REPORTS, "Right upper lobe mass.", REPORTS[1]]
 
     def texts(batch):
